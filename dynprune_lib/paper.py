@@ -1,0 +1,66 @@
+"""The numbers the paper reports, kept only to be shown beside ours.
+
+Nothing here feeds a computation: these values appear solely as the "paper"
+column of comparison tables and as reference marks on figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+
+__all__ = ["PAPER", "compare_with_paper"]
+
+#: Section 3.1, baseline CNN on CIFAR-10 after 10 epochs.
+#: Section 3.2, dynamic-pruning CNN: test accuracy after epochs 1 and 4, best
+#: (epochs 5-6) and after the last (10th) epoch.
+PAPER: Mapping[str, Mapping[str, float]] = {
+    "baseline": {"final test_acc": 0.7042, "final test_loss": 1.0866},
+    "dynamic_cnn": {
+        "test_acc after epoch 1": 0.5010,
+        "test_acc after epoch 4": 0.7315,
+        "best test_acc": 0.7518,
+        "final test_acc": 0.7701,
+    },
+}
+
+
+def _ours(history: pd.DataFrame, metric: str) -> float:
+    if metric.startswith("final "):
+        return float(history[metric.removeprefix("final ")].iloc[-1])
+    if metric.startswith("best "):
+        return float(history[metric.removeprefix("best ")].max())
+    column, _, epoch = metric.partition(" after epoch ")
+    rows = history.loc[history["epoch"] == int(epoch), column]
+    return float(rows.iloc[0]) if len(rows) else float("nan")
+
+
+def compare_with_paper(
+    experiment: str, history: pd.DataFrame, conditions: Mapping[str, object] | None = None
+) -> pd.DataFrame:
+    """Paper vs reproduced table for one experiment of ``PAPER``.
+
+    One row per number the paper reports, with ours from ``history`` (a ``fit``
+    history), their difference, and the conditions ours were measured under
+    (data copy, epochs, seed, device...). A metric for an epoch we did not run
+    is NaN, never filled in.
+    """
+    if experiment not in PAPER:
+        raise ValueError(f"experiment must be one of {sorted(PAPER)}, got {experiment!r}")
+    rows = []
+    for metric, paper_value in PAPER[experiment].items():
+        ours = _ours(history, metric)
+        rows.append(
+            {
+                "experiment": experiment,
+                "metric": metric,
+                "paper": paper_value,
+                "ours": ours,
+                "difference": ours - paper_value,
+            }
+        )
+    table = pd.DataFrame(rows)
+    conditions_text = "; ".join(f"{k}={v}" for k, v in (conditions or {}).items())
+    table["conditions"] = conditions_text
+    return table

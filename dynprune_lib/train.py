@@ -1,0 +1,402 @@
+"""Training engine: epochs, evaluation, checkpoint/resume, pruning hooks.
+
+``fit`` is the one loop every notebook uses. It evaluates on the test split
+after every epoch (the paper's Figures 2-5 plot exactly that history), calls an
+optional pruning scheduler after every optimizer step (DSR prunes *during*
+training, paper section 2), and checkpoints atomically after every epoch so an
+interrupted run resumes and ends with the same history, bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+__all__ = [
+    "CheckpointError",
+    "PruningHook",
+    "TrainingDivergedError",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "progress_enabled",
+    "resolve_device",
+    "set_seed",
+]
+
+CHECKPOINT_FORMAT = "dynprune-checkpoint"
+CHECKPOINT_VERSION = 1
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
+
+# How often (in optimizer steps) the loss is checked for NaN/inf. Checking
+# every step would force a device synchronisation per step on CUDA; the step
+# that diverged is still reported exactly.
+_FINITE_CHECK_EVERY = 50
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used: unreadable, truncated, or from another run."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@runtime_checkable
+class PruningHook(Protocol):
+    """What ``fit`` needs from a pruning scheduler (see ``schedulers.py``).
+
+    ``step()`` runs after every optimizer step. An optional
+    ``epoch_end(epoch) -> dict`` adds columns (e.g. ``sparsity``) to the history.
+    """
+
+    def step(self) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) for model initialisation."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/``"auto"`` means CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was requested but CUDA is not available")
+    return device
+
+
+def progress_enabled(progress: bool | None = None) -> bool:
+    """Progress bars unless asked not to, in CI, or with ``DYNPRUNE_PROGRESS=0``.
+
+    ``run_all.sh`` sets ``DYNPRUNE_PROGRESS=0`` so notebooks executed by
+    papermill log one line per epoch instead of redrawing bars.
+    """
+    if progress is not None:
+        return progress
+    if os.environ.get("DYNPRUNE_PROGRESS", "").strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    return not os.environ.get("CI")
+
+
+def _tqdm(iterable=None, **kwargs):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **kwargs)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` over ``loader`` (eval mode, no grad)."""
+    loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
+    device = _model_device(model) if device is None else resolve_device(device)
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        logits = model(images)
+        loss_sum += loss_fn(logits, labels).double() * labels.numel()
+        correct += (logits.argmax(dim=1) == labels).sum()
+        count += labels.numel()
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluate() got an empty loader")
+    return loss_sum.item() / count, correct.item() / count
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    test_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    epochs: int,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    pruner: PruningHook | None = None,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    device: str | torch.device | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+    verbose: bool = True,
+) -> pd.DataFrame:
+    """Train ``model`` for ``epochs`` epochs and return the per-epoch history.
+
+    The history has one row per epoch with ``epoch, train_loss, train_acc,
+    test_loss, test_acc, lr, seconds`` (train metrics are running means over
+    the epoch, as Keras reports them in the paper's figures) plus whatever the
+    pruner's ``epoch_end`` returns.
+
+    ``pruner.step()`` is called after every ``optimizer.step()``;
+    ``lr_scheduler.step()`` after every epoch. With ``checkpoint`` set, state
+    is saved there atomically after every epoch; if the file exists the run
+    resumes from it (a finished run returns its history without training).
+    ``train_loader`` must provide ``state_dict()``/``load_state_dict()`` for
+    its shuffling generator when checkpointing (``BatchLoader`` does).
+
+    Raises ``TrainingDivergedError`` on a NaN/inf loss and ``CheckpointError``
+    for an unreadable checkpoint or one written by a different run; neither
+    case overwrites the checkpoint on disk.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if pruner is not None and not isinstance(pruner, PruningHook):
+        raise TypeError(
+            f"pruner must provide step(), state_dict() and load_state_dict(); got {type(pruner).__name__}"
+        )
+    loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
+    device = resolve_device(device)
+    model.to(device)
+    checkpoint = None if checkpoint is None else Path(checkpoint)
+    if checkpoint is not None:
+        for name in ("state_dict", "load_state_dict"):
+            if not callable(getattr(train_loader, name, None)):
+                raise TypeError(
+                    f"checkpointing needs train_loader.{name}() to save and restore its "
+                    f"shuffling state; {type(train_loader).__name__} has none"
+                )
+    fingerprint = _fingerprint(model, optimizer, train_loader, pruner)
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = load_checkpoint(checkpoint, map_location=device)
+        _restore(state, fingerprint, checkpoint, model, optimizer, pruner, lr_scheduler, train_loader)
+        history = list(state["history"])
+        start_epoch = int(state["epoch"])
+        if verbose:
+            print(f"resumed from {checkpoint} after epoch {start_epoch}", flush=True)
+
+    bars = progress_enabled(progress)
+    epoch_bar = _tqdm(total=epochs, initial=start_epoch, desc="epochs", unit="epoch") if bars else None
+    try:
+        for epoch in range(start_epoch + 1, epochs + 1):
+            t0 = time.perf_counter()
+            train_loss, train_acc = _train_one_epoch(
+                model, train_loader, optimizer, loss_fn, pruner, device, epoch, bars
+            )
+            test_loss, test_acc = evaluate(model, test_loader, loss_fn, device)
+            row: dict[str, Any] = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "lr": float(optimizer.param_groups[0]["lr"]),
+            }
+            if lr_scheduler is not None:
+                lr_scheduler.step()
+            epoch_end = getattr(pruner, "epoch_end", None)
+            if callable(epoch_end):
+                row.update({k: float(v) for k, v in epoch_end(epoch).items()})
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            if checkpoint is not None:
+                _save_checkpoint(
+                    checkpoint, epoch, history, fingerprint, model, optimizer, pruner, lr_scheduler, train_loader
+                )
+            if epoch_bar is not None:
+                epoch_bar.update(1)
+                epoch_bar.set_postfix(test_acc=f"{test_acc:.4f}", loss=f"{train_loss:.4f}")
+            elif verbose:
+                extra = "".join(
+                    f" {k}={v:.4f}" for k, v in row.items() if k not in HISTORY_COLUMNS
+                )
+                print(
+                    f"epoch {epoch}/{epochs}: train_loss={train_loss:.4f} train_acc={train_acc:.4f} "
+                    f"test_loss={test_loss:.4f} test_acc={test_acc:.4f}{extra} ({row['seconds']:.1f} s)",
+                    flush=True,
+                )
+    finally:
+        if epoch_bar is not None:
+            epoch_bar.close()
+    return _history_frame(history)
+
+
+def _train_one_epoch(model, loader, optimizer, loss_fn, pruner, device, epoch, bars):
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    pending: list[torch.Tensor] = []  # losses not yet checked for NaN/inf
+    first_pending_step = 1
+    batches = _tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False) if bars else loader
+    step = 0
+    for step, (images, labels) in enumerate(batches, start=1):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        logits = model(images)
+        loss = loss_fn(logits, labels)
+        pending.append(loss.detach())
+        if len(pending) == _FINITE_CHECK_EVERY:
+            _check_finite(pending, epoch, first_pending_step)
+            pending.clear()
+            first_pending_step = step + 1
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if pruner is not None:
+            pruner.step()
+        with torch.no_grad():
+            loss_sum += loss.detach().double() * labels.numel()
+            correct += (logits.argmax(dim=1) == labels).sum()
+        count += labels.numel()
+    if pending:
+        _check_finite(pending, epoch, first_pending_step)
+    if count == 0:
+        raise ValueError("the training loader yielded no batches")
+    return loss_sum.item() / count, correct.item() / count
+
+
+def _check_finite(losses: list[torch.Tensor], epoch: int, first_step: int) -> None:
+    finite = torch.isfinite(torch.stack(losses))
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0, 0])
+        raise TrainingDivergedError(
+            f"training diverged: loss is {losses[bad].item()} at epoch {epoch}, step {first_step + bad}; "
+            "lower the learning rate or check the data"
+        )
+
+
+def _fingerprint(model, optimizer, train_loader, pruner) -> dict[str, Any]:
+    """What must match for a checkpoint to belong to this run (epochs may grow)."""
+    hyper = {
+        k: v for k, v in optimizer.defaults.items() if isinstance(v, (int, float, str, bool)) or v is None
+    }
+    return {
+        "model": type(model).__name__,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "optimizer": type(optimizer).__name__,
+        "optimizer_defaults": repr(sorted(hyper.items())),
+        "batches_per_epoch": len(train_loader) if hasattr(train_loader, "__len__") else -1,
+        "pruner": type(pruner).__name__ if pruner is not None else "",
+    }
+
+
+def _save_checkpoint(path, epoch, history, fingerprint, model, optimizer, pruner, lr_scheduler, loader):
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "epoch": epoch,
+        "history": history,
+        "fingerprint": fingerprint,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "pruner": pruner.state_dict() if pruner is not None else None,
+        "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
+        "train_loader": loader.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by ``fit`` safely (``weights_only=True``).
+
+    Raises ``CheckpointError`` naming the file when it is truncated, corrupt or
+    not a dynprune checkpoint.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except Exception as err:  # torch raises many types for damaged zip/pickle data
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable (truncated or corrupt: {type(err).__name__}: {err}). "
+            "It was left in place so no finished epochs are lost; move or delete it to start the run over."
+        ) from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a dynprune training checkpoint")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {state.get('version')!r}; this dynprune reads "
+            f"version {CHECKPOINT_VERSION}"
+        )
+    missing = {"epoch", "history", "fingerprint", "model", "optimizer", "train_loader", "rng_cpu"} - state.keys()
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}")
+    return state
+
+
+def _restore(state, fingerprint, path, model, optimizer, pruner, lr_scheduler, loader) -> None:
+    saved = state["fingerprint"]
+    diff = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
+    if diff:
+        details = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(
+            f"checkpoint {path} belongs to a different run ({details}); "
+            "use another checkpoint path or delete this one to start over"
+        )
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if pruner is not None:
+            if state.get("pruner") is None:
+                raise CheckpointError(f"checkpoint {path} has no pruner state but a pruner was given")
+            pruner.load_state_dict(state["pruner"])
+        if lr_scheduler is not None and state.get("lr_scheduler") is not None:
+            lr_scheduler.load_state_dict(state["lr_scheduler"])
+        loader.load_state_dict(state["train_loader"])
+    except CheckpointError:
+        raise
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {path} does not fit this run: {err}") from err
+    torch.set_rng_state(state["rng_cpu"].cpu())
+    if state.get("rng_cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+
+
+def _history_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=HISTORY_COLUMNS)
+    extra = [c for c in frame.columns if c not in HISTORY_COLUMNS]
+    return frame[HISTORY_COLUMNS[:-1] + extra + ["seconds"]].reset_index(drop=True)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
