@@ -1,0 +1,268 @@
+"""Training engine: determinism, checkpoint/resume, divergence, hooks, baseline model."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dynprune_lib as dp
+from dynprune_lib.train import HISTORY_COLUMNS
+
+
+def _synthetic(n: int = 192, seed: int = 0):
+    """Small learnable data: the label is the brightest of three colour channels' quadrants."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = (images.float().mean(dim=(2, 3)).argmax(dim=1)).long()
+    return images, labels
+
+
+def _run(seed: int = 0, epochs: int = 2, checkpoint=None, loss_fn=None, pruner_cls=None, n: int = 192):
+    images, labels = _synthetic(n)
+    dp.set_seed(seed)
+    model = dp.BaselineCNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train = dp.BatchLoader(images, labels, batch_size=32, shuffle=True, seed=seed, normalize="unit")
+    test = dp.BatchLoader(images[:64], labels[:64], batch_size=64, shuffle=False, normalize="unit")
+    pruner = pruner_cls(model) if pruner_cls else None
+    history = dp.fit(
+        model, train, test, epochs=epochs, optimizer=optimizer, loss_fn=loss_fn, pruner=pruner,
+        device="cpu", checkpoint=checkpoint, progress=False, verbose=False,
+    )
+    return history, model, pruner
+
+
+def _same_history(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    cols = [c for c in a.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(a[cols], b[cols], check_exact=True)
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> None:
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+class CountingPruner:
+    """A stand-in scheduler: counts steps, contributes a history column."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.steps = 0
+
+    def step(self) -> None:
+        self.steps += 1
+
+    def epoch_end(self, epoch: int) -> dict[str, float]:
+        return {"sparsity": self.steps / 1000}
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state) -> None:
+        self.steps = int(state["steps"])
+
+
+class InterruptAfter:
+    """Cross-entropy that raises KeyboardInterrupt at a given call, like Ctrl-C mid-epoch."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls, self.left = calls, calls
+
+    def __call__(self, logits, labels):
+        self.left -= 1
+        if self.left < 0:
+            raise KeyboardInterrupt
+        return F.cross_entropy(logits, labels)
+
+
+def test_baseline_cnn_matches_the_paper_architecture():
+    model = dp.BaselineCNN()
+    # Hand-computed from the Keras summary of the TensorFlow CIFAR-10 tutorial.
+    expected = [3 * 3 * 3 * 32 + 32, 3 * 3 * 32 * 64 + 64, 3 * 3 * 64 * 64 + 64, 1024 * 64 + 64, 64 * 10 + 10]
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert [sum(p.numel() for p in m.parameters()) for m in layers] == expected
+    assert sum(p.numel() for p in model.parameters()) == 122_570
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert all(torch.count_nonzero(m.bias) == 0 for m in layers)  # Keras zero-bias init
+
+
+def test_history_columns_and_values_are_sane():
+    history, _, _ = _run(epochs=2)
+    assert list(history.columns) == HISTORY_COLUMNS
+    assert history["epoch"].tolist() == [1, 2]
+    assert history[["train_acc", "test_acc"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert (history["lr"] == 1e-3).all()
+    assert (history["seconds"] > 0).all()
+
+
+def test_evaluate_matches_a_direct_computation():
+    images, labels = _synthetic(100)
+    dp.set_seed(1)
+    model = dp.BaselineCNN().eval()
+    loader = dp.BatchLoader(images, labels, batch_size=30, shuffle=False, normalize="unit")
+    loss, acc = dp.evaluate(model, loader)
+    with torch.no_grad():
+        logits = model(images.float() / 255)
+    assert loss == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert acc == (logits.argmax(1) == labels).float().mean().item()
+
+
+def test_same_seed_same_history_bit_for_bit():
+    h1, m1, _ = _run(seed=3)
+    h2, m2, _ = _run(seed=3)
+    _same_history(h1, h2)
+    _same_weights(m1, m2)
+    h3, _, _ = _run(seed=4)
+    assert not h1["train_loss"].equals(h3["train_loss"])
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
+    reference, ref_model, ref_pruner = _run(epochs=3, pruner_cls=CountingPruner)
+    ckpt = tmp_path / "run.pt"
+    # 6 batches per epoch: interrupt in the middle of epoch 2.
+    with pytest.raises(KeyboardInterrupt):
+        _run(epochs=3, checkpoint=ckpt, loss_fn=InterruptAfter(6 + 3), pruner_cls=CountingPruner)
+    assert dp.load_checkpoint(ckpt)["epoch"] == 1
+    resumed, model, pruner = _run(epochs=3, checkpoint=ckpt, pruner_cls=CountingPruner)
+    _same_history(reference, resumed)
+    _same_weights(ref_model, model)
+    assert pruner.steps == ref_pruner.steps == 3 * 6
+    assert "sparsity" in resumed.columns
+
+
+def test_finished_run_is_not_retrained(tmp_path, monkeypatch):
+    ckpt = tmp_path / "run.pt"
+    first, _, _ = _run(epochs=2, checkpoint=ckpt)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(torch.optim.Adam, "step", boom)
+    again, _, _ = _run(epochs=2, checkpoint=ckpt)
+    _same_history(first, again)
+    pd.testing.assert_series_equal(first["seconds"], again["seconds"])  # the recorded history itself
+
+
+def test_truncated_checkpoint_is_an_error_and_is_kept(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    _run(epochs=1, checkpoint=ckpt)
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    with pytest.raises(dp.CheckpointError, match="truncated or corrupt"):
+        _run(epochs=2, checkpoint=ckpt)
+    assert ckpt.read_bytes() == data[: len(data) // 2]
+
+
+def test_garbage_and_foreign_checkpoints_are_errors(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(dp.CheckpointError, match="junk.pt"):
+        dp.load_checkpoint(junk)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(dp.CheckpointError, match="not a dynprune training checkpoint"):
+        dp.load_checkpoint(foreign)
+    with pytest.raises(dp.CheckpointError, match="does not exist"):
+        dp.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_checkpoint_from_another_run_is_refused(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    _run(epochs=1, checkpoint=ckpt, n=192)
+    with pytest.raises(dp.CheckpointError, match="different run.*batches_per_epoch"):
+        _run(epochs=2, checkpoint=ckpt, n=256)
+
+
+def test_checkpoint_is_loadable_with_weights_only(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    _run(epochs=1, checkpoint=ckpt, pruner_cls=CountingPruner)
+    state = torch.load(ckpt, weights_only=True)
+    assert state["epoch"] == 1 and state["pruner"] == {"steps": 6}
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic write leaves no temporary file
+
+
+def test_nan_loss_stops_with_epoch_and_step():
+    calls = {"n": 0}
+
+    def loss_fn(logits, labels):
+        calls["n"] += 1
+        loss = F.cross_entropy(logits, labels)
+        return loss * float("nan") if calls["n"] == 9 else loss  # 6 steps + 1 eval call, then step 2
+
+    with pytest.raises(dp.TrainingDivergedError, match=r"epoch 2, step 2"):
+        _run(epochs=2, loss_fn=loss_fn)
+
+
+def test_bad_arguments_are_rejected():
+    images, labels = _synthetic(64)
+    model = dp.BaselineCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = dp.BatchLoader(images, labels, batch_size=32)
+    with pytest.raises(ValueError, match="epochs"):
+        dp.fit(model, loader, loader, epochs=-1, optimizer=opt)
+    with pytest.raises(TypeError, match="optimizer"):
+        dp.fit(model, loader, loader, epochs=1, optimizer="adam")
+    with pytest.raises(TypeError, match="pruner"):
+        dp.fit(model, loader, loader, epochs=1, optimizer=opt, pruner=object())
+    plain = [(images.float() / 255, labels)]
+    with pytest.raises(TypeError, match="train_loader.state_dict"):
+        dp.fit(model, plain, plain, epochs=1, optimizer=opt, checkpoint="unused.pt")
+    with pytest.raises(TypeError, match="seed"):
+        dp.set_seed(1.5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_request_without_cuda_is_a_clear_error():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        dp.resolve_device("cuda")
+    assert dp.resolve_device("auto") == torch.device("cpu")
+
+
+def test_progress_switch(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("DYNPRUNE_PROGRESS", raising=False)
+    assert dp.progress_enabled() is True
+    monkeypatch.setenv("DYNPRUNE_PROGRESS", "0")
+    assert dp.progress_enabled() is False
+    monkeypatch.delenv("DYNPRUNE_PROGRESS")
+    monkeypatch.setenv("CI", "true")
+    assert dp.progress_enabled() is False
+    assert dp.progress_enabled(True) is True
+
+
+def test_compare_with_paper_uses_our_history():
+    history = pd.DataFrame(
+        {"epoch": [1, 2, 3, 4], "test_acc": [0.4, 0.6, 0.65, 0.7], "test_loss": [1.5, 1.2, 1.1, 1.0]}
+    )
+    table = dp.compare_with_paper("dynamic_cnn", history, conditions={"seed": 0})
+    got = dict(zip(table["metric"], table["ours"]))
+    assert got["test_acc after epoch 1"] == 0.4
+    assert got["test_acc after epoch 4"] == 0.7
+    assert got["best test_acc"] == 0.7 and got["final test_acc"] == 0.7
+    row = table.set_index("metric").loc["final test_acc"]
+    assert row["difference"] == pytest.approx(0.7 - row["paper"])
+    assert (table["conditions"] == "seed=0").all()
+    short = dp.compare_with_paper("dynamic_cnn", history.iloc[:2])
+    assert math.isnan(dict(zip(short["metric"], short["ours"]))["test_acc after epoch 4"])
+    with pytest.raises(ValueError, match="experiment"):
+        dp.compare_with_paper("nope", history)
+
+
+def test_figures_are_byte_identical_when_saved_twice(tmp_path):
+    history = pd.DataFrame(
+        {"epoch": [1, 2], "train_acc": [0.3, 0.5], "test_acc": [0.25, 0.45],
+         "train_loss": [2.0, 1.5], "test_loss": [2.1, 1.7]}
+    )
+    first = dp.save_figure(dp.plot_history(history, "loss"), "fig", tmp_path / "a")
+    second = dp.save_figure(dp.plot_history(history, "loss"), "fig", tmp_path / "b")
+    assert [p.suffix for p in first] == [".png", ".svg"]
+    for a, b in zip(first, second):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    with pytest.raises(ValueError, match="metric"):
+        dp.plot_history(history, "f1")
+    with pytest.raises(ValueError, match="lacks"):
+        dp.plot_history(history.drop(columns="test_acc"), "acc")
