@@ -1,0 +1,187 @@
+"""Cost of dynamic sparse training with DSR against dense training (issue 3).
+
+BaselineCNN (the paper's CNN) at batch 32 with Adam (the paper's Keras
+defaults), on random CIFAR-sized inputs (the timing does not depend on the
+values), three ways in one run:
+
+* ``dense``: the plain ``nn.Conv2d``/``nn.Linear`` model;
+* ``masked``: the same model after ``sparsify(model, 0.9)`` (inner layers
+  masked, first conv and classifier dense, as DSR), no mask updates;
+* ``dsr``: ``masked`` plus ``DSR.step()`` after every optimizer step
+  (update period 100, ``N_p`` 600), so the per-step times include the
+  amortised prune/regrow updates.
+
+The variants run interleaved in ``--rounds`` blocks of ``--steps`` steps after a
+warm-up, so drifting machine load affects all alike. Reported: median and mean
+time per step, the median cost of one ``DSR.update()`` and an epoch estimate
+(1,563 steps x median step time, plus 15 updates x median update time for DSR;
+the estimate from mean step times is reported too, but load spikes from other
+processes inflate means). Target: the DSR epoch within 10 % of the
+dense one. Writes ``results/bench_dsr_overhead.json``.
+
+    python bench/bench_dsr_overhead.py [--rounds 5] [--steps 200] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import dynprune_lib as dp
+
+BATCH = 32
+TRAIN_IMAGES = 50_000
+TARGET_OVERHEAD = 0.10
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def make_variants(sparsity: float, device: torch.device):
+    dp.set_seed(0)
+    dense = dp.BaselineCNN().to(device)
+    sparse = dp.sparsify(copy.deepcopy(dense), sparsity, mask_init="random",
+                         generator=torch.Generator().manual_seed(0))
+    masked = copy.deepcopy(sparse)
+    variants = {}
+    for name, model in (("dense", dense), ("masked", masked), ("dsr", sparse)):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        pruner = dp.DSR(model, opt, n_prune=600, period=100) if name == "dsr" else None
+        variants[name] = (model, opt, pruner)
+    return variants
+
+
+def run_steps(model, opt, pruner, data, n: int, times: list[float] | None) -> None:
+    model.train()
+    for i in range(n):
+        x, y = data[i % len(data)]
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        if pruner is not None:
+            pruner.step()
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        if times is not None:
+            times.append(time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=200, help="steps per variant per round")
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--updates", type=int, default=30, help="timed DSR.update() calls")
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("results/bench_dsr_overhead.json"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    variants = make_variants(args.sparsity, device)
+    g = torch.Generator().manual_seed(1)
+    data = [
+        (torch.rand(BATCH, 3, 32, 32, generator=g).to(device), torch.randint(0, 10, (BATCH,), generator=g).to(device))
+        for _ in range(16)
+    ]
+    load_before = os.getloadavg()
+    for model, opt, pruner in variants.values():
+        run_steps(model, opt, pruner, data, args.warmup, None)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, (model, opt, pruner) in variants.items():
+            run_steps(model, opt, pruner, data, args.steps, times[name])
+
+    model, opt, pruner = variants["dsr"]
+    updates_timed = len({row["step"] for row in pruner.log if row["step"] > args.warmup})
+    update_times = []
+    for _ in range(args.updates):
+        start = time.perf_counter()
+        pruner.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        update_times.append(time.perf_counter() - start)
+    load_after = os.getloadavg()
+
+    steps_per_epoch = -(-TRAIN_IMAGES // BATCH)
+    update_s = statistics.median(update_times)
+    updates_per_epoch = steps_per_epoch // pruner.current_period()
+    summary = {}
+    for name, t in times.items():
+        # robust epoch estimate: median step (load spikes from other processes hit
+        # the mean) plus, for DSR, the median update cost times updates per epoch
+        extra = updates_per_epoch * update_s if name == "dsr" else 0.0
+        summary[name] = {
+            "median_step_ms": 1e3 * statistics.median(t),
+            "mean_step_ms": 1e3 * statistics.fmean(t),
+            "epoch_estimate_s": steps_per_epoch * statistics.median(t) + extra,
+            "epoch_estimate_from_mean_s": steps_per_epoch * statistics.fmean(t),
+            "steps_timed": len(t),
+        }
+    ratio = summary["dsr"]["epoch_estimate_s"] / summary["dense"]["epoch_estimate_s"]
+    ratio_mean = summary["dsr"]["epoch_estimate_from_mean_s"] / summary["dense"]["epoch_estimate_from_mean_s"]
+    layers = dict(dp.sparse_modules(model))
+    result = {
+        "benchmark": "bench_dsr_overhead",
+        "model": "BaselineCNN",
+        "batch_size": BATCH,
+        "optimizer": "Adam(lr=1e-3)",
+        "sparsity": args.sparsity,
+        "sparse_layers": {
+            n: {"shape": list(m.weight.shape), "mask_sparsity": m.mask_sparsity} for n, m in layers.items()
+        },
+        "dsr": {"n_prune": pruner.n_prune, "period": pruner.period, "updates_during_timing": updates_timed},
+        "variants": summary,
+        "dsr_update_ms": {"median": 1e3 * statistics.median(update_times), "max": 1e3 * max(update_times),
+                          "calls": len(update_times)},
+        "dsr_vs_dense_epoch_ratio": ratio,
+        "dsr_vs_dense_epoch_ratio_from_means": ratio_mean,
+        "dsr_updates_per_epoch": updates_per_epoch,
+        "masked_vs_dense_median_step_ratio": summary["masked"]["median_step_ms"] / summary["dense"]["median_step_ms"],
+        "target_ratio": 1.0 + TARGET_OVERHEAD,
+        "meets_target": ratio <= 1.0 + TARGET_OVERHEAD,
+        "machine": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "cpu": cpu_name(),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
+        },
+        "settings": {"rounds": args.rounds, "steps": args.steps, "warmup": args.warmup},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for name, s in summary.items():
+        print(f"{name:7s} median {s['median_step_ms']:.2f} ms/step  mean {s['mean_step_ms']:.2f}  "
+              f"epoch ~{s['epoch_estimate_s']:.1f} s")
+    print(f"DSR update: median {result['dsr_update_ms']['median']:.2f} ms")
+    print(f"DSR/dense epoch ratio {ratio:.3f} (target <= {1 + TARGET_OVERHEAD:.2f}); "
+          f"load {load_before[0]:.2f} -> {load_after[0]:.2f}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
