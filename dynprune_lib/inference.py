@@ -121,6 +121,8 @@ class SparseConv2d(nn.Module):
         hp, wp = height + 2 * ph, width + 2 * pw
         ho = (hp - dh * (self.kh - 1) - 1) // sh + 1
         wo = (wp - dw * (self.kw - 1) - 1) // sw + 1
+        if ho <= 0 or wo <= 0:
+            raise ValueError(f"input {height}x{width} (padded {hp}x{wp}) is smaller than the dilated kernel")
         # Element (c, ky, kx, b, y, x) of this view is padded[b, c, y*sh + ky*dh, x*sw + kx*dw].
         view = padded.as_strided(
             (channels, self.kh, self.kw, batch, ho, wo),

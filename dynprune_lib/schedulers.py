@@ -207,8 +207,10 @@ class _MaskScheduler:
         """The update log as a long-format ``pandas.DataFrame`` (one row per update per layer).
 
         Columns: step, epoch, layer, sparsity (fraction of zero weights),
-        mask_sparsity, n_active, threshold (magnitude cut-off used), pruned, regrown.
-        Row ``step == 0`` is the state at construction.
+        mask_sparsity, n_active, threshold (DSR: ``H``; others: largest pruned
+        magnitude), pruned, regrown (positions whose mask changed: a SET/RigL weight
+        dropped and regrown in the same update keeps its value and counts as
+        neither, as in the RigL code). Row ``step == 0`` is the state at construction.
         """
         import pandas as pd
 
@@ -438,7 +440,7 @@ class _PruneRegrow(_MaskScheduler):
         for name, layer in self.layers.items():
             mask = layer.mask.reshape(-1)
             n_live = int(mask.sum().item())
-            k = min(round(frac * n_live), max(n_live - 1, 0))
+            k = min(int(frac * n_live), max(n_live - 1, 0))  # floor, as the RigL code
             new = mask.clone()
             thr = math.nan
             if k > 0:

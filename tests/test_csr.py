@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import tracemalloc
@@ -157,17 +158,25 @@ def test_encode_decode(dense, mode):
         assert ((restored - original).abs() <= step / 2 * (1 + 1e-5)).all()
 
 
+def last_column_matrix(rows: int = 4, cols: int = 256) -> torch.Tensor:
+    """One entry per row, in the last column: 8-bit absolute indices beat 9-bit Rice codes."""
+    dense = torch.zeros(rows, cols)
+    dense[:, -1] = torch.arange(1.0, rows + 1)
+    return dense
+
+
 @pytest.mark.parametrize(
-    "shape, density, expected_mode",
+    "dense, expected_mode",
     [
-        ((64, 576), 0.1, 1),  # delta-4: ~5 bits per weight at 90 % sparsity
-        ((20, 300), 0.01, 2),  # delta-8: gaps of ~100
-        ((10, 4000), 0.001, 0),  # absolute: gaps of ~1000
-        ((16, 16), 0.6, 3),  # bitmap: dense
+        (sparse_matrix(64, 576, 0.1, 1), 1),  # Rice: ~4.8 bits per entry at 90 % sparsity
+        (sparse_matrix(20, 3000, 0.002, 1), 1),  # Rice with a large k
+        (last_column_matrix(), 0),  # absolute
+        (torch.zeros(6, 9), 0),  # nothing to index: absolute (row counts only)
+        (sparse_matrix(16, 16, 0.6, 1), 2),  # bitmap: dense
     ],
 )
-def test_each_index_coding_is_chosen_where_smallest_and_exact(shape, density, expected_mode):
-    csr = to_csr(sparse_matrix(*shape, density, 1))
+def test_each_index_coding_is_chosen_where_smallest_and_exact(dense, expected_mode):
+    csr = to_csr(dense)
     data = encode(csr)
     assert data[INDEX_MODE_BYTE] == expected_mode
     assert_same(decode(data), csr)
@@ -178,8 +187,18 @@ def test_compression_at_90_percent_sparsity():
     dense_bytes = 128 * 1152 * 4
     plain = csr.nnz * 8 + 129 * 4
     assert dense_bytes / plain < 5.1  # plain CSR: 4.8x
-    assert dense_bytes / len(encode(csr)) > 8.0  # limit for float32 values: 10x
-    assert dense_bytes / len(encode(csr, "float16")) > 14.0
+    assert dense_bytes / len(encode(csr)) > 8.5  # limit for float32 values: 10x
+    assert dense_bytes / len(encode(csr, "float16")) > 15.0
+
+
+@pytest.mark.parametrize("density", [0.3, 0.2, 0.1, 0.05])
+def test_index_cost_is_close_to_the_mask_entropy(density):
+    """For a random mask no coding beats log2 C(n, nnz) bits on average; we stay within 5 %."""
+    csr = to_csr(sparse_matrix(128, 1152, density, 3))
+    n, k = 128 * 1152, csr.nnz
+    entropy_bits = (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
+    index_bits = 8 * (len(encode(csr)) - 4 * k - 44)  # minus values, header and CRC (row counts stay)
+    assert entropy_bits < index_bits < 1.05 * entropy_bits
 
 
 def test_encode_rejects_bad_arguments():
@@ -196,15 +215,15 @@ def test_encode_rejects_bad_arguments():
 def small_blobs() -> list[bytes]:
     """One small valid encoding per index coding."""
     return [
-        encode(to_csr(sparse_matrix(3, 60, 0.1, 3))),  # delta-4
-        encode(to_csr(sparse_matrix(2, 300, 0.01, 4)), "float16"),  # delta-8
-        encode(to_csr(sparse_matrix(2, 4000, 0.001, 5)), "int8"),  # absolute
+        encode(to_csr(sparse_matrix(3, 60, 0.1, 3))),  # Rice
+        encode(to_csr(sparse_matrix(2, 300, 0.01, 4)), "float16"),  # Rice, larger k
+        encode(to_csr(last_column_matrix(3, 256)), "int8"),  # absolute
         encode(to_csr(sparse_matrix(4, 4, 0.6, 6))),  # bitmap
     ]
 
 
 def test_small_blobs_cover_every_index_coding():
-    assert sorted(blob[INDEX_MODE_BYTE] for blob in small_blobs()) == [0, 1, 2, 3]
+    assert sorted(blob[INDEX_MODE_BYTE] for blob in small_blobs()) == [0, 1, 1, 2]
 
 
 @pytest.mark.parametrize("blob_index", range(4))
@@ -269,16 +288,16 @@ def test_wrong_magic_and_future_version_are_named():
 
 
 @pytest.mark.parametrize(
-    "rows, cols, nnz, index_mode, count_width, index_width, n_codes",
+    "rows, cols, nnz, index_mode, count_width, index_param, unary_bits",
     [
         (2**32 - 1, 2**32 - 1, 2**60, 0, 1, 4, 0),  # huge nnz
         (2**32 - 1, 1, 0, 0, 8, 1, 0),  # huge row count (indptr would be 32 GiB)
-        (2**32 - 1, 2**32 - 1, 10**9, 1, 4, 0, 2**62),  # huge code stream
-        (2**32 - 1, 2**32 - 1, 10**6, 3, 0, 0, 0),  # huge bitmap
+        (2**32 - 1, 2**32 - 1, 10**9, 1, 4, 5, 2**62),  # huge Rice sections
+        (2**32 - 1, 2**32 - 1, 10**6, 2, 0, 0, 0),  # huge bitmap
     ],
 )
-def test_huge_header_sizes_fail_before_allocating(rows, cols, nnz, index_mode, count_width, index_width, n_codes):
-    header = HEADER.pack(b"DPCS", 1, 0, index_mode, count_width, index_width, 0, 0, 0, rows, cols, nnz, n_codes, 0.0)
+def test_huge_header_sizes_fail_before_allocating(rows, cols, nnz, index_mode, count_width, index_param, unary_bits):
+    header = HEADER.pack(b"DPCS", 1, 0, index_mode, count_width, index_param, 0, 0, 0, rows, cols, nnz, unary_bits, 0.0)
     tracemalloc.start()
     try:
         with pytest.raises(CSRFormatError, match="truncated"):

@@ -413,6 +413,18 @@ def test_sparsify_defaults_keep_first_conv_and_classifier_dense():
     assert torch.equal(net[0].weight, original[0].weight)
 
 
+def test_sparsify_then_lower_sparsity_at_inference_restores_trained_weights():
+    net = small_net().eval()
+    original = copy.deepcopy(net)
+    x = torch.randn(2, 3, 6, 6)
+    sparsify(net, 0.9)
+    with torch.no_grad():
+        assert not torch.allclose(net(x), original(x))
+        for _, layer in sparse_modules(net):
+            layer.set_sparsity(0.0)
+        torch.testing.assert_close(net(x), original(x))
+
+
 def test_sparsify_include_exclude():
     net = sparsify(small_net(), 0.5, include=["0", "9"])
     assert isinstance(net[0], DynamicConv2d) and isinstance(net[9], DynamicLinear)

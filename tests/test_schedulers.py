@@ -403,7 +403,7 @@ def test_set_keeps_layer_sparsity_and_replaces_cosine_fraction():
     assert sorted(set(frame.step) - {0}) == [5, 10, 15]  # none from end_step on
     dropped = 0
     for _, row in frame[frame.step > 0].iterrows():
-        k = round(0.15 * (1 + math.cos(math.pi * row.step / 20)) * before[row.layer])
+        k = int(0.15 * (1 + math.cos(math.pi * row.step / 20)) * before[row.layer])
         # a weight dropped and regrown at once stays (as in the RigL reference): net counts <= k
         assert row.pruned == row.regrown <= k
         dropped += k - row.pruned
@@ -433,7 +433,7 @@ def test_rigl_grows_where_dense_gradient_is_largest():
     one_step()
     assert not layer.keep_dense_grad and layer.dense_grad is None  # released after use
     n = int(old_mask.sum())
-    k = round(0.5 * 0.5 * (1 + math.cos(math.pi * 2 / 100)) * n)
+    k = int(0.5 * 0.5 * (1 + math.cos(math.pi * 2 / 100)) * n)
     mag = w.abs().view(-1).masked_fill(~old_mask.view(-1), math.inf)
     drop = torch.topk(mag, k, largest=False).indices
     after_drop = old_mask.view(-1).clone()

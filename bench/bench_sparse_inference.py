@@ -1,0 +1,214 @@
+"""Latency of sparse (CSR) against dense inference on CPU (issue 4).
+
+For the MLP of DynamicLinear layers and the DynamicCNN at sparsity 0.5, 0.8,
+0.9, 0.95 and 0.99, batch 1 and 128, with 1 and 2 threads, in one run:
+
+* ``dense``: the model with every masked layer replaced by a plain
+  ``nn.Linear``/``nn.Conv2d`` holding the masked weights (``densify``), i.e.
+  what a pruned model costs without sparse kernels;
+* ``sparse``: ``to_sparse_inference(model, example_input)``, which times each
+  masked layer on that input (same batch and threads) and keeps the CSR kernel
+  only where it is faster.
+
+Both run interleaved after a warm-up (``--warmup`` calls each), medians of
+``--repeats`` calls (fewer for slow configurations, see ``repeats_for``), under
+``torch.inference_mode``. Outputs are checked to agree within 1e-5.
+
+Targets (computed, written to the JSON): the 90 %-sparse MLP >= 3x faster at
+batch 1; the DynamicCNN at 95 % >= 2x faster end to end at batch 1; the sparse
+model never slower than the dense one (a 5 % allowance for timing noise: other
+processes share the machine, see ``loadavg`` in the JSON). Writes
+``results/bench_sparse_inference.json``.
+
+    python bench/bench_sparse_inference.py [--threads 1 2] [--repeats 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import dynprune_lib as dp
+from dynprune_lib.inference import LayerChoice
+
+SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.99)
+BATCHES = (1, 128)
+NOISE_ALLOWANCE = 1.05  # sparse may measure up to 5 % slower and still count as "not slower"
+TARGETS = [  # (model, sparsity, batch, minimum speedup)
+    ("MLP", 0.9, 1, 3.0),
+    ("DynamicCNN", 0.95, 1, 2.0),
+]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def build(name: str, sparsity: float) -> torch.nn.Module:
+    dp.set_seed(0)
+    if name == "MLP":
+        return dp.MLP(sparsity=sparsity).eval()
+    if name == "DynamicCNN":
+        model = dp.DynamicCNN(sparsity=sparsity)
+        model.train()
+        with torch.no_grad():  # BatchNorm statistics of a forward pass, not the identity
+            model(torch.randn(32, 3, 32, 32))
+        return model.eval()
+    raise ValueError(name)
+
+
+def repeats_for(seconds_per_call: float, repeats: int) -> int:
+    """At most ``repeats`` calls, fewer when one takes long (about 3 s per model and variant)."""
+    return max(5, min(repeats, int(3.0 / max(seconds_per_call, 1e-6))))
+
+
+@torch.inference_mode()
+def time_interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, warmup: int, repeats: int) -> dict:
+    start = time.perf_counter()
+    for _ in range(warmup):
+        for model in models.values():
+            model(x)
+    per_call = (time.perf_counter() - start) / max(1, warmup * len(models))
+    n = repeats_for(per_call, repeats)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(n):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model(x)
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median_ms": 1e3 * statistics.median(t), "calls": len(t)} for name, t in times.items()}
+
+
+def run_one(name: str, sparsity: float, batch: int, args) -> dict:
+    model = build(name, sparsity)
+    dense = dp.densify(copy.deepcopy(model)).eval()
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    report: list[LayerChoice] = []
+    start = time.perf_counter()
+    sparse = dp.to_sparse_inference(model, x, report=report)
+    convert_s = time.perf_counter() - start
+    with torch.inference_mode():
+        expected, got = dense(x), sparse(x)
+    error = (got - expected).abs().max().item() / max(1.0, expected.abs().max().item())
+    timing = time_interleaved({"dense": dense, "sparse": sparse}, x, args.warmup, args.repeats)
+    return {
+        "model": name,
+        "sparsity": sparsity,
+        "batch": batch,
+        "threads": torch.get_num_threads(),
+        "dense_ms": timing["dense"]["median_ms"],
+        "sparse_ms": timing["sparse"]["median_ms"],
+        "speedup": timing["dense"]["median_ms"] / timing["sparse"]["median_ms"],
+        "calls": timing["dense"]["calls"],
+        "max_relative_error": error,
+        "layers_sparse": [c.name for c in report if c.sparse],
+        "layers_dense": [c.name for c in report if not c.sparse],
+        "conversion_s": convert_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--models", nargs="+", default=["MLP", "DynamicCNN"])
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("results/bench_sparse_inference.json"))
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+
+    start = time.perf_counter()
+    load_before = os.getloadavg()
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for name in args.models:
+            for sparsity in SPARSITIES:
+                for batch in BATCHES:
+                    row = run_one(name, sparsity, batch, args)
+                    rows.append(row)
+                    print(
+                        f"{threads} thr {name:10s} s={sparsity:.2f} b={batch:3d}: dense {row['dense_ms']:8.3f} ms  "
+                        f"sparse {row['sparse_ms']:8.3f} ms  x{row['speedup']:5.2f}  "
+                        f"sparse layers {len(row['layers_sparse'])}/{len(row['layers_sparse']) + len(row['layers_dense'])}"
+                        f"  err {row['max_relative_error']:.1e}",
+                        flush=True,
+                    )
+    load_after = os.getloadavg()
+
+    targets = []
+    for name, sparsity, batch, required in TARGETS:
+        for row in rows:
+            if (row["model"], row["sparsity"], row["batch"]) == (name, sparsity, batch):
+                targets.append(
+                    {
+                        "target": f"{name} at sparsity {sparsity}, batch {batch}: >= {required}x faster than dense",
+                        "threads": row["threads"],
+                        "required_speedup": required,
+                        "measured_speedup": round(row["speedup"], 3),
+                        "met": row["speedup"] >= required,
+                    }
+                )
+    slower = [r for r in rows if r["sparse_ms"] > NOISE_ALLOWANCE * r["dense_ms"]]
+    targets.append(
+        {
+            "target": f"never slower than dense (sparse_ms <= {NOISE_ALLOWANCE} x dense_ms in every configuration)",
+            "min_speedup": round(min(r["speedup"] for r in rows), 3),
+            "slower_configurations": [
+                f"{r['model']} s={r['sparsity']} batch={r['batch']} threads={r['threads']}: x{r['speedup']:.2f}"
+                for r in slower
+            ],
+            "met": not slower,
+        }
+    )
+    result = {
+        "benchmark": "bench_sparse_inference",
+        "description": __doc__.split("\n\n")[0],
+        "rows": rows,
+        "targets": targets,
+        "targets_met": [f"{t['target']} ({t.get('threads', 'all')} threads)" for t in targets if t["met"]],
+        "targets_missed": [
+            f"{t['target']} ({t.get('threads', 'all')} threads): measured "
+            f"{t.get('measured_speedup', t.get('min_speedup'))}x"
+            for t in targets
+            if not t["met"]
+        ],
+        "all_outputs_within_1e-5": all(r["max_relative_error"] <= 1e-5 for r in rows),
+        "seconds": time.perf_counter() - start,
+        "machine": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpu": cpu_name(),
+            "cpu_count": os.cpu_count(),
+            "mkl": torch.backends.mkl.is_available(),
+            "platform": platform.platform(),
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
+        },
+        "settings": {"repeats": args.repeats, "warmup": args.warmup, "noise_allowance": NOISE_ALLOWANCE},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"targets met: {len(result['targets_met'])}/{len(targets)}")
+    for line in result["targets_missed"]:
+        print("  missed:", line)
+    print(f"load {load_before[0]:.2f} -> {load_after[0]:.2f}; wrote {args.out} in {result['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Multi-process data-parallel training with ``torchrun`` and DistributedDataParallel.
+
+For users who outgrow one device: the same recipe (:mod:`dynprune_lib.recipes`)
+and the same training engine (:func:`dynprune_lib.train.fit`), on one process
+or on ``N``::
+
+    python -m dynprune_lib.distributed --recipe wrn-28-2-dsr0.9 --run-dir build/runs/ddp
+    torchrun --nproc_per_node=4 -m dynprune_lib.distributed --recipe wrn-28-10 --run-dir build/runs/ddp
+
+Every rank iterates the *same* global batches (identical loader seeds) and
+trains on its own slice of each (:class:`ShardedLoader`), so the global batch
+size is the recipe's whatever the number of processes. DDP averages the
+gradients, which for equal slices equals the gradient of the global batch;
+the pruning schedulers adopt rank 0's masks on every update, so masks and
+weights stay identical on every rank. NCCL is used on CUDA, gloo on CPU.
+
+Each rank checkpoints to its own file (``<name>.rank<r>.pt``) after every
+epoch, so an interrupted run resumes on every rank from the same state.
+BatchNorm statistics are per rank unless ``--sync-bn`` (CUDA only) is given;
+the training loss and accuracy in the history are rank 0's slice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .data import load_cifar10
+from .recipes import WRN_RECIPES, build_training, make_loaders, wrn_recipe
+from .train import fit, resolve_device, set_seed
+
+__all__ = ["DistContext", "ShardedLoader", "init_distributed", "main", "wrap_model"]
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: its rank among ``world_size`` and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | torch.device | None = None, backend: str | None = None) -> DistContext:
+    """Join the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``); a lone process without them.
+
+    ``device`` None/"auto" picks ``cuda:LOCAL_RANK`` when CUDA is available, else
+    CPU; ``backend`` defaults to NCCL on CUDA and gloo on CPU.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"invalid torchrun environment: RANK={rank}, WORLD_SIZE={world_size}")
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        if backend is None:
+            backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return DistContext(rank, world_size, local_rank, dev)
+
+
+def wrap_model(model: nn.Module, ctx: DistContext, *, sync_bn: bool = False) -> nn.Module:
+    """``model`` in DistributedDataParallel when ``ctx`` has several ranks, else unchanged.
+
+    ``sync_bn`` converts BatchNorm to SyncBatchNorm (PyTorch supports it on CUDA only).
+    Construction broadcasts rank 0's parameters and buffers (masks included).
+    """
+    if not ctx.distributed:
+        return model
+    if sync_bn:
+        if ctx.device.type != "cuda":
+            raise ValueError("sync_bn=True needs CUDA: PyTorch's SyncBatchNorm does not run on CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+class ShardedLoader:
+    """This rank's slice of every global batch of ``loader`` (a :class:`BatchLoader`).
+
+    All ranks hold the same loader (same data, same seed), so they draw the same
+    global batch; rank ``r`` keeps rows ``[r*b/W, (r+1)*b/W)``. The global batch
+    size must be divisible by the world size, so every slice of a full batch has
+    the same size and DDP's gradient average equals the global batch's gradient.
+    A last, smaller batch is split as evenly as torch.tensor_split does (sizes
+    differing by one); if it has fewer rows than ranks it is skipped on every rank.
+    ``state_dict``/``load_state_dict`` are the wrapped loader's, so ``fit`` can
+    checkpoint and resume.
+    """
+
+    def __init__(self, loader: Any, rank: int, world_size: int) -> None:
+        for name in ("batch_size", "num_samples", "drop_last", "state_dict", "load_state_dict"):
+            if not hasattr(loader, name):
+                raise TypeError(f"loader must be a BatchLoader-like object with .{name}; "
+                                f"got {type(loader).__name__}")
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+            raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
+        if loader.batch_size % world_size:
+            raise ValueError(f"the global batch_size {loader.batch_size} of loader must be divisible by "
+                             f"world_size={world_size}")
+        self.loader, self.rank, self.world_size = loader, rank, world_size
+
+    @property
+    def batch_size(self) -> int:
+        """Rows per rank in a full batch."""
+        return self.loader.batch_size // self.world_size
+
+    def _last_is_skipped(self) -> bool:
+        rest = self.loader.num_samples % self.loader.batch_size
+        return not self.loader.drop_last and 0 < rest < self.world_size
+
+    def __len__(self) -> int:
+        return len(self.loader) - int(self._last_is_skipped())
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels in self.loader:
+            if images.shape[0] < self.world_size:
+                continue  # the same on every rank: all draw the same global batches
+            yield images.tensor_split(self.world_size)[self.rank], labels.tensor_split(self.world_size)[self.rank]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state)
+
+
+# ---------------------------------------------------------------------- entry point
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m dynprune_lib.distributed",
+        description="Train a Wide ResNet recipe on CIFAR-10 on one process, or on N under "
+                    "torchrun --nproc_per_node=N (DistributedDataParallel; NCCL on CUDA, gloo on CPU).",
+    )
+    p.add_argument("--recipe", required=True, choices=sorted(WRN_RECIPES), help="training recipe")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs (milestones rescaled)")
+    p.add_argument("--batch-size", type=int, help="override the global batch size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-subset", type=int, help="train on a class-balanced subset of this size")
+    p.add_argument("--test-subset", type=int, help="evaluate on a class-balanced subset of this size")
+    p.add_argument("--data-root", help="CIFAR-10 location (default: $DYNPRUNE_DATA, then ./data)")
+    p.add_argument("--run-dir", default="build/runs/distributed", help="checkpoints and history go here")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across ranks (CUDA only)")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status. Writes, under ``--run-dir``,
+    ``<recipe>_seed<s>.rank<r>.pt`` (per-rank checkpoints) and, from rank 0,
+    ``<recipe>_seed<s>.csv`` (the per-epoch history)."""
+    args = _parser().parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    overrides: dict[str, Any] = {}
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    if args.batch_size is not None:
+        overrides["batch_size"] = args.batch_size
+    recipe = wrn_recipe(args.recipe, **overrides)
+    ctx = init_distributed(args.device)
+    try:
+        data = load_cifar10(args.data_root).subset(args.train_subset, args.test_subset, seed=args.seed)
+        set_seed(args.seed)
+        setup = build_training(recipe, seed=args.seed, device=ctx.device)
+        train_loader, test_loader = make_loaders(recipe, data, seed=args.seed, device=ctx.device)
+        model = wrap_model(setup.model, ctx, sync_bn=args.sync_bn)
+        if ctx.distributed:
+            train_loader = ShardedLoader(train_loader, ctx.rank, ctx.world_size)
+        run_dir = Path(args.run_dir)
+        stem = f"{recipe.name}_seed{args.seed}"
+        history = fit(
+            model, train_loader, test_loader, epochs=recipe.epochs, optimizer=setup.optimizer,
+            pruner=setup.pruner, lr_scheduler=setup.lr_scheduler, device=ctx.device,
+            checkpoint=run_dir / f"{stem}.rank{ctx.rank}.pt", progress=False,
+            verbose=ctx.is_main and not args.quiet,
+        )
+        if ctx.is_main:
+            history.insert(0, "world_size", ctx.world_size)
+            history.to_csv(run_dir / f"{stem}.csv", index=False)
+            final = history["test_acc"].iloc[-1] if len(history) else float("nan")
+            anchor = f" (published: {recipe.anchor:.4f})" if recipe.anchor is not None else ""
+            print(f"{recipe.name} ({recipe.architecture}) on {ctx.world_size} process(es): "
+                  f"final test accuracy {final:.4f}{anchor}", flush=True)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
