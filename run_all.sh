@@ -42,7 +42,7 @@ for nb in "${notebooks[@]}"; do
     echo "==> ${name}"
     start=${SECONDS}
     if ! "${PY}" -m papermill --cwd notebooks --kernel "${DYNPRUNE_KERNEL}" --log-output --no-progress-bar \
-            "${nb}" "${out}" 2> >(grep -v "Kernel is running over TCP" >&2); then
+            "${nb}" "${out}" 2> >(grep --line-buffered -v "Kernel is running over TCP" >&2); then
         "${PY}" scripts/notebook_error.py "${out}" >&2 || true
         echo "run_all.sh: ${name} FAILED after $((SECONDS - start)) s; executed copy: ${out}" >&2
         exit 1

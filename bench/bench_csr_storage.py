@@ -154,7 +154,8 @@ def main() -> None:
                 print(
                     f"{name:11s} s={sparsity:.2f}  dense {row['bytes']['dense_torch_save'] / 1e3:8.1f} kB  "
                     f"plain CSR {r['plain_csr']:5.2f}x  f32 {r['save_sparse_float32']:5.2f}x "
-                    f"(limits {r['limit_float32']:5.2f}x, {r['limit_float32_entropy']:5.2f}x)  f16 {r['save_sparse_float16']:5.2f}x  "
+                    f"(limits {r['limit_float32']:5.2f}x, {r['limit_float32_entropy']:5.2f}x)  "
+                    f"f16 {r['save_sparse_float16']:5.2f}x  "
                     f"int8 {r['save_sparse_int8']:5.2f}x  exact={row['lossless_outputs_bit_exact']}"
                 )
 

@@ -12,7 +12,8 @@ values), three ways in one run:
   amortised prune/regrow updates.
 
 The variants run interleaved in ``--rounds`` blocks of ``--steps`` steps after a
-warm-up, so drifting machine load affects all alike. Reported: median and mean
+warm-up, in an order rotated every round, so drifting machine load affects all
+alike. Reported: median and mean
 time per step, the median cost of one ``DSR.update()`` and an epoch estimate
 (1,563 steps x median step time, plus 15 updates x median update time for DSR;
 the estimate from mean step times is reported too, but load spikes from other
@@ -108,8 +109,10 @@ def main() -> None:
     for model, opt, pruner in variants.values():
         run_steps(model, opt, pruner, data, args.warmup, None)
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.rounds):
-        for name, (model, opt, pruner) in variants.items():
+    names = list(variants)
+    for r in range(args.rounds):
+        for name in names[r % 3:] + names[: r % 3]:  # rotate the order: no position bias
+            model, opt, pruner = variants[name]
             run_steps(model, opt, pruner, data, args.steps, times[name])
 
     model, opt, pruner = variants["dsr"]

@@ -35,16 +35,21 @@ from .traditional import DEFAULT_CS, FeatureConfig, TraditionalClassifier, tradi
 from .train import fit, set_seed
 
 __all__ = [
+    "PAPER_CLAIMS",
     "PROFILES",
+    "TRADITIONAL_NAME",
     "ComparisonProfile",
     "Method",
     "WRNRun",
+    "aspect_summary",
+    "check_paper_claims",
     "complexity_table",
     "comparison_profile",
     "data_requirements_table",
     "generalization_table",
     "interpretability_table",
     "raw_aspect_table",
+    "shifted_test_sets",
     "stratified_subset",
     "traditional_learning_curve",
     "traditional_method",
@@ -126,8 +131,8 @@ PROFILES: Mapping[str, ComparisonProfile] = {
         interp_images=4, Cs=(0.01, 1.0), n_jobs=1,
     ),
     "cpu": ComparisonProfile(
-        "cpu", recipes=("wrn-16-2-cpu",), curve_recipes=("wrn-16-2-cpu",), curve_min_steps=200,
-        interp_images=100, n_jobs=2,
+        "cpu", recipes=("wrn-10-2-cpu",), curve_recipes=("wrn-10-2-cpu",), curve_min_steps=100,
+        gap_images=5000, interp_images=100, n_jobs=2,
     ),
     "gpu": ComparisonProfile(
         "gpu", recipes=("wrn-28-2", "wrn-28-2-dsr0.9", "wrn-28-10"), curve_recipes=("wrn-28-2", "wrn-28-2-dsr0.9"),
@@ -260,7 +265,7 @@ def traditional_method(clf: TraditionalClassifier, *, name: str = TRADITIONAL_NA
     of :func:`dynprune_lib.traditional.traditional_flops` (no zero weights skipped)."""
     linear = clf._fitted()
     flops = sum(traditional_flops(clf.config, image_shape, linear.coef.shape[0]).values())
-    key = _key(dataclasses.asdict(clf.config), linear.C, linear.coef.tobytes().hex()[:64], float(linear.coef.sum()))
+    key = _key(dataclasses.asdict(clf.config), linear.fingerprint())
 
     def predict(images: torch.Tensor) -> np.ndarray:
         return clf.predict_proba(images)
@@ -458,3 +463,69 @@ def raw_aspect_table(
     (methods without a learning curve get NaN data requirements)."""
     out = complexity.merge(generalization, on=["method", "seed"]).merge(interpretability, on=["method", "seed"])
     return out.merge(data_requirements, on="method", how="left")
+
+
+def aspect_summary(raw: pd.DataFrame) -> pd.DataFrame:
+    """The raw measures behind Figure 6, formatted: one row per measure, one column
+    per method (mean over seeds)."""
+    mean = raw.groupby("method", sort=False).mean(numeric_only=True)
+
+    def fmt(value: float, kind: str) -> str:
+        if pd.isna(value):
+            return "n/m"
+        if kind == "count":
+            return f"{value / 1e6:.2f} M" if value >= 1e6 else f"{value / 1e3:.1f} k"
+        if kind == "flops":
+            return f"{value / 1e9:.2f} G" if value >= 1e9 else f"{value / 1e6:.2f} M"
+        if kind == "seconds":
+            return f"{value / 60:.1f} min" if value >= 60 else f"{value:.1f} s"
+        if kind == "pct":
+            return f"{100 * value:.1f} %"
+        return f"{value:.3f}"
+
+    rows = {
+        "non-zero parameters": ("nonzero_parameters", "count"),
+        "non-zero FLOPs / image": ("nonzero_flops", "flops"),
+        "training time": ("train_seconds", "seconds"),
+        "test accuracy": ("test_acc", "pct"),
+        "train - test accuracy": ("gap", "pct"),
+        "accuracy under shifts": ("shift_acc", "pct"),
+        "data for {share} of full acc.": ("fraction_to_reach", "pct"),
+        "deletion AUC": ("deletion_auc", "plain"),
+        "random-order deletion AUC": ("random_deletion_auc", "plain"),
+    }
+    shares = raw["share"].dropna().unique() if "share" in raw.columns else []
+    share = f"{100 * shares[0]:g} %" if len(shares) == 1 else "share"
+    return pd.DataFrame(
+        {m: [fmt(mean.loc[m, col], kind) if col in mean.columns else "n/m" for col, kind in rows.values()]
+         for m in mean.index},
+        index=[label.format(share=share) for label in rows],
+    )
+
+
+#: The paper's qualitative reading of its Figure 6 (section 4): which side scores higher.
+PAPER_CLAIMS: Mapping[str, str] = {
+    "complexity": "deep learning",
+    "generalization": "deep learning",
+    "data_requirements": "deep learning",
+    "interpretability": "traditional",
+}
+
+
+def check_paper_claims(scores: pd.DataFrame, *, traditional: str = TRADITIONAL_NAME) -> pd.DataFrame:
+    """For each aspect: which side the paper says scores higher, each network's score
+    minus the traditional method's (means over seeds), and whether the measurement
+    agrees with the paper for that network."""
+    mean = scores.groupby("method", sort=False).mean(numeric_only=True)
+    if traditional not in mean.index:
+        raise ValueError(f"scores has no row for the traditional method {traditional!r}")
+    rows = []
+    for aspect, side in PAPER_CLAIMS.items():
+        for method in mean.index.drop(traditional):
+            diff = float(mean.loc[method, aspect] - mean.loc[traditional, aspect])
+            holds = float("nan") if math.isnan(diff) else (diff > 0) == (side == "deep learning")
+            rows.append({"aspect": aspect, "paper: higher for": side, "network": method,
+                         "network - traditional": diff,
+                         "measurement agrees": "n/m" if holds != holds else ("yes" if holds else "no")})
+    return pd.DataFrame(rows)
+

@@ -170,7 +170,7 @@ def to_csr(tensor: torch.Tensor, mask: torch.Tensor | None = None) -> CSRMatrix:
         return CSRMatrix.from_torch(matrix.to_sparse_csr())
     if mask.shape != tensor.shape or mask.dtype != torch.bool:
         raise ValueError(f"mask must be a bool tensor of shape {tuple(tensor.shape)}")
-    flat_mask = mask.reshape(rows, -1)
+    flat_mask = mask.reshape(matrix.shape)
     nonzero = flat_mask.nonzero()  # row-major order, i.e. CSR order
     counts = torch.bincount(nonzero[:, 0], minlength=rows)
     indptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])

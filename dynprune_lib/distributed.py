@@ -17,7 +17,8 @@ weights stay identical on every rank. NCCL is used on CUDA, gloo on CPU.
 Each rank checkpoints to its own file (``<name>.rank<r>.pt``) after every
 epoch, so an interrupted run resumes on every rank from the same state.
 BatchNorm statistics are per rank unless ``--sync-bn`` (CUDA only) is given;
-the training loss and accuracy in the history are rank 0's slice.
+the training loss and accuracy in the history are rank 0's slice, while every
+rank evaluates the whole test split (identical numbers on every rank).
 """
 
 from __future__ import annotations

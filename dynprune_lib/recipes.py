@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -41,6 +42,7 @@ __all__ = [
     "WRNRecipe",
     "build_training",
     "make_loaders",
+    "recipes_table",
     "wrn_recipe",
 ]
 
@@ -77,7 +79,7 @@ class WRNRecipe:
     def __post_init__(self) -> None:
         for name in ("depth", "widen_factor", "epochs", "batch_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "epochs" else 1):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if list(self.milestones) != sorted(self.milestones) or any(m < 1 for m in self.milestones):
             raise ValueError(f"milestones must be increasing epochs >= 1, got {self.milestones!r}")
@@ -125,7 +127,7 @@ class WRNRecipe:
 # 141-190: 800, 191-200: none), keyed here by the 0-based epoch where it starts.
 _DSR_WRN_PERIOD = {0: 100, 25: 200, 80: 400, 140: 800, 190: 0}
 
-#: Named recipes. ``wrn-16-2-cpu``/``wrn-10-1-smoke`` are ours (sized for CPU runs);
+#: Named recipes. ``wrn-10-2-cpu`` and the ``*-smoke`` ones are ours (sized for CPU runs);
 #: the others are the published protocols with their anchors.
 WRN_RECIPES: Mapping[str, WRNRecipe] = {
     r.name: r
@@ -145,8 +147,9 @@ WRN_RECIPES: Mapping[str, WRNRecipe] = {
             source="Zagoruyko & Komodakis 2016, WRN-28-10 without dropout",
         ),
         WRNRecipe(
-            "wrn-16-2-cpu", 16, 2, epochs=6, batch_size=128, milestones=(2, 4, 5),
-            source="ours: the WRN-28-2 protocol shortened for 2 CPU cores",
+            "wrn-10-2-cpu", 10, 2, epochs=2, batch_size=128, milestones=(1,),
+            source="ours: the WRN-28-2 protocol (milestones at 30/60/80 % of training) shortened "
+                   "to about 20 minutes on 2 CPU cores (measured 1.6-2.6 s per step of 128)",
         ),
         WRNRecipe(
             "wrn-10-1-smoke", 10, 1, epochs=1, batch_size=128, milestones=(),
@@ -201,7 +204,12 @@ def build_training(recipe: WRNRecipe, *, seed: int = 0, device: str | torch.devi
     model = WideResNet(
         recipe.depth, recipe.widen_factor, dropout=recipe.dropout, sparse=recipe.sparse,
         sparsity=recipe.sparsity or 0.0,
-    ).to(device)
+    )
+    # Dense networks go channels_last: oneDNN/cuDNN convolutions run faster on it (about
+    # 20 % per training step of WRN-10-2 on the 2-core reference CPU). Sparse ones stay
+    # contiguous: the schedulers flatten masks with .view(-1), which channels_last breaks.
+    model = model.to(device=device, memory_format=torch.contiguous_format if recipe.sparse
+                     else torch.channels_last)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
         weight_decay=recipe.weight_decay,
@@ -231,3 +239,14 @@ def make_loaders(
         mean=mean, std=std,
     )
     return train, test
+
+
+def recipes_table(recipes: Sequence[WRNRecipe]) -> pd.DataFrame:
+    """One row per recipe: architecture, protocol, sparsity and published anchor."""
+    return pd.DataFrame([{
+        "recipe": r.name, "architecture": r.architecture, "epochs": r.epochs, "batch_size": r.batch_size,
+        "lr": r.lr, "milestones": list(r.milestones), "gamma": r.gamma, "nesterov": r.nesterov,
+        "weight_decay": r.weight_decay, "augment": r.augment, "sparsity": r.sparsity,
+        "published_test_acc": r.anchor, "source": r.source,
+    } for r in recipes])
+

@@ -112,9 +112,11 @@ def hog_features(
 ) -> np.ndarray:
     """``skimage.feature.hog`` of every uint8 (N, 3, H, W) image, as float32 (N, D).
 
-    skimage computes one image per call (about 0.4 ms for 32x32 on the reference
-    CPU, 20-40 s for CIFAR-10's 60,000), so chunks of ``chunk_size`` images run in
-    ``n_jobs`` worker processes (joblib).
+    skimage computes one image per call (0.5-0.7 ms per 32x32 image on one core of
+    the reference CPU: 30-45 s for CIFAR-10's 60,000), so chunks of ``chunk_size``
+    images can run in ``n_jobs`` worker processes (joblib). That pays off only on
+    idle cores: starting the workers takes about 10 s, and on the shared 2-core
+    reference machine two workers measured no faster than one.
     """
     arr = _nhwc(images)
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
@@ -227,6 +229,10 @@ class LinearClassifier:
         """Learned numbers: weights, biases, and the scaler's mean and scale."""
         return int(self.coef.size + self.intercept.size + self.mean.size + self.scale.size)
 
+    def fingerprint(self) -> str:
+        """A short hash of the fitted numbers (identifies this classifier in caches)."""
+        return _fingerprint(self.mean, self.scale, self.coef, self.intercept, self.C)
+
     @property
     def num_nonzero(self) -> int:
         return int(sum(np.count_nonzero(a) for a in (self.coef, self.intercept, self.mean, self.scale)))
@@ -278,10 +284,17 @@ def _fit_logreg(x: np.ndarray, y: np.ndarray, C: float, max_iter: int) -> tuple[
 
 
 def _validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (train, validation) indices; the validation part holds at least one
+    image per class, and so must the training part."""
     from sklearn.model_selection import train_test_split
 
-    idx = np.arange(len(labels))
-    return train_test_split(idx, test_size=fraction, stratify=labels, random_state=seed)
+    n, n_classes = len(labels), len(np.unique(labels))
+    n_val = max(round(fraction * n), n_classes)
+    if n - n_val < n_classes:
+        raise ValueError(f"{n} labelled images are too few to hold out a validation split with every one "
+                         f"of the {n_classes} classes on both sides; use more data")
+    idx = np.arange(n)
+    return train_test_split(idx, test_size=n_val, stratify=labels, random_state=seed)
 
 
 def _fingerprint(*parts: Any) -> str:

@@ -276,6 +276,16 @@ def test_random_bytes_never_raise_anything_else(data, with_magic):
         pass
 
 
+def test_unsorted_or_repeated_absolute_indices_are_rejected():
+    for columns in ([5, 3], [4, 4]):
+        header = HEADER.pack(b"DPCS", 1, 0, 0, 1, 1, 0, 0, 0, 1, 10, 2, 0, 0.0)
+        payload = bytes([2, *columns]) + struct.pack("<2f", 1.0, 2.0)
+        with pytest.raises(CSRFormatError, match="increasing"):
+            decode(with_crc(header + payload))
+    header = HEADER.pack(b"DPCS", 1, 0, 0, 1, 1, 0, 0, 0, 2, 10, 2, 0, 0.0)  # a new row may restart lower
+    assert decode(with_crc(header + bytes([1, 1, 5, 3]) + struct.pack("<2f", 1.0, 2.0))).indices.tolist() == [5, 3]
+
+
 def test_wrong_magic_and_future_version_are_named():
     blob = small_blobs()[0]
     with pytest.raises(CSRFormatError, match="magic"):
@@ -424,9 +434,10 @@ def test_model_file_with_valid_crc_but_bad_content():
 
 def test_hostile_model_file_cannot_expand_a_huge_weight(tmp_path):
     empty = CSRMatrix(torch.zeros(2, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0), (1, 2**32 - 1))
-    blob = encode(empty)
+    blob = encode(empty)  # 1 x (2**32 - 1) with nothing stored: 45 bytes
     name = b"fc.weight"
-    entry = struct.pack("<H", len(name)) + name + struct.pack("<BBB", 1, 0, 2) + struct.pack("<QQQ", 1, 2**32 - 1, len(blob))
+    entry = struct.pack("<H", len(name)) + name + struct.pack("<BBB", 1, 0, 2)  # CSR, float32, 2-D
+    entry += struct.pack("<QQQ", 1, 2**32 - 1, len(blob))
     data = with_crc(b"DPSM\x01\0\0\0" + struct.pack("<I", 1) + entry + blob)
     tracemalloc.start()
     try:

@@ -15,6 +15,7 @@ from torch import nn
 from dynprune_lib import DynamicCNN, DynamicConv2d, DynamicLinear, MLP, WideResNet, densify, to_sparse_inference
 from dynprune_lib import inference
 from dynprune_lib.inference import LayerChoice, SparseConv2d, SparseLinear
+from dynprune_lib.models import _WideBasic
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 ALWAYS_SPARSE = dict(margin=math.inf, repeats=1)  # timing still runs, the sparse kernel always wins
@@ -52,8 +53,12 @@ def test_sparse_linear_matches_dense(batch, bias):
     bias=st.booleans(),
     sparsity=st.sampled_from([0.0, 0.5, 0.95]),
 )
-def test_sparse_conv_matches_conv2d(batch, channels, out_channels, size, kernel, stride, padding, dilation, bias, sparsity):
-    conv = DynamicConv2d(channels, out_channels, kernel, stride, padding, dilation, bias=bias, initial_sparsity=sparsity)
+def test_sparse_conv_matches_conv2d(
+    batch, channels, out_channels, size, kernel, stride, padding, dilation, bias, sparsity
+):
+    conv = DynamicConv2d(
+        channels, out_channels, kernel, stride, padding, dilation, bias=bias, initial_sparsity=sparsity
+    )
     x = torch.randn(batch, channels, size, size + 1)
     with torch.no_grad():
         assert close(SparseConv2d.from_dense(conv)(x), conv(x))
@@ -69,7 +74,9 @@ def test_sparse_conv_rejects_what_it_cannot_compute():
 # --------------------------------------------------------------------------- whole models
 
 
-def small_models():
+@pytest.fixture(scope="module")
+def models() -> dict[str, nn.Module]:
+    """Small sparse models with BatchNorm statistics; tests must not modify them."""
     torch.manual_seed(0)
     mlp = MLP(in_features=3 * 8 * 8, hidden=(64, 32), sparsity=0.9)
     cnn = DynamicCNN(widths=(8, 16), sparsity=0.9)
@@ -83,8 +90,8 @@ def small_models():
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "wrn"])
 @pytest.mark.parametrize("batch", [1, 4])
-def test_converted_model_matches_dense(name, batch):
-    model = small_models()[name]
+def test_converted_model_matches_dense(models, name, batch):
+    model = models[name]
     x = torch.randn(batch, 3, 8, 8)
     report: list[LayerChoice] = []
     converted = to_sparse_inference(model, x, report=report, **ALWAYS_SPARSE)
@@ -99,8 +106,8 @@ def test_converted_model_matches_dense(name, batch):
     assert any(isinstance(m, (DynamicLinear, DynamicConv2d)) for m in model.modules())  # original untouched
 
 
-def test_timing_decides_per_layer(monkeypatch):
-    model = small_models()["mlp"]
+def test_timing_decides_per_layer(models, monkeypatch):
+    model = models["mlp"]
     x = torch.randn(1, 3, 8, 8)
     for dense_time, sparse_time, expect_sparse in [(1.0, 0.5, True), (1.0, 0.97, False), (1.0, 2.0, False)]:
         monkeypatch.setattr(inference, "_time_pair", lambda *args, d=dense_time, s=sparse_time: (d, s))
@@ -136,8 +143,8 @@ def test_unsupported_layers_stay_dense():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda():
-    model = small_models()["cnn"].cuda()
+def test_cuda(models):
+    model = copy.deepcopy(models["cnn"]).cuda()
     x = torch.randn(2, 3, 8, 8, device="cuda")
     converted = to_sparse_inference(model, x, **ALWAYS_SPARSE)
     with torch.no_grad():
@@ -160,6 +167,23 @@ def test_wide_resnet_parameter_counts(depth, width, published):
 def test_wide_resnet_reference_counts_exact():
     assert sum(p.numel() for p in WideResNet(28, 2).parameters()) == 1_467_610
     assert sum(p.numel() for p in WideResNet(28, 2, sparse=True, sparsity=0.5).parameters()) == 1_467_610
+
+
+@pytest.mark.parametrize("in_planes, planes, stride", [(8, 8, 1), (8, 16, 2)])
+def test_wide_resnet_block_is_pre_activation_residual(in_planes, planes, stride):
+    """With its 3x3 convolutions zeroed a block is its shortcut: x, or conv1x1(relu(bn1(x)))."""
+    torch.manual_seed(0)
+    block = _WideBasic(in_planes, planes, stride, 0.0, lambda cin, cout, s: nn.Conv2d(cin, cout, 3, s, padding=1))
+    block.train()
+    x = torch.randn(4, in_planes, 8, 8)
+    block(x)  # BatchNorm statistics
+    block.eval()
+    with torch.no_grad():
+        block.conv1.weight.zero_(), block.conv1.bias.zero_(), block.conv2.weight.zero_(), block.conv2.bias.zero_()
+        expected = x if block.shortcut is None else block.shortcut(torch.relu(block.bn1(x)))
+        assert torch.equal(block(x), expected)
+        block.conv2.bias.fill_(1.0)
+        assert torch.equal(block(x), expected + 1.0)
 
 
 def test_sparse_wide_resnet_masks_only_block_convolutions():
@@ -192,9 +216,9 @@ def test_mlp_and_dynamic_cnn():
     assert cnn.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_densify_baseline_equals_converted_dense_choice():
-    """The benchmark's dense reference (densify) computes what the sparse model computes."""
-    model = small_models()["cnn"]
+def test_all_dense_choice_equals_densify(models):
+    """With every layer left dense the result is the benchmark's dense reference (densify)."""
+    model = models["cnn"]
     x = torch.randn(2, 3, 8, 8)
     dense = densify(copy.deepcopy(model)).eval()
     converted = to_sparse_inference(model, x, margin=0.0, repeats=1)  # never sparse

@@ -1,0 +1,253 @@
+"""Section 3.2 experiments: configurations, masks, per-step schedule, resumable runs, tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import dynprune_lib as dp
+from dynprune_lib import experiments as ex
+from dynprune_lib.efficiency import sparsity_summary
+from dynprune_lib.layers import erk_sparsities, sparse_modules
+
+
+def _data(n_train: int = 64, n_test: int = 32, seed: int = 0) -> dp.CIFAR10Data:
+    """Tiny learnable CIFAR-shaped data: the label is the brightest colour channel (0-2)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n_train + n_test, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = images.float().mean(dim=(2, 3)).argmax(dim=1).long()
+    return dp.CIFAR10Data(images[:n_train], labels[:n_train], images[n_train:], labels[n_train:],
+                          tuple(str(i) for i in range(10)), "synthetic")
+
+
+def _config(**changes) -> ex.ExperimentConfig:
+    """The smoke CNN profile on 4 steps (2 epochs of 2 batches), every scheduler active."""
+    base = ex.experiment_profile("dynamic_cnn", "smoke")
+    return dataclasses.replace(
+        base, epochs=2, batch_size=32, eval_batch_size=32, dsr_period=((0.0, 1),), regrow_period=1,
+        gradual=(0.25, 0.75), gradual_every=1, **changes,
+    )
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_profiles_overrides_and_errors():
+    cpu = ex.experiment_profile("dynamic_cnn", "cpu")
+    assert cpu.epochs == 10 and cpu.model == "cnn" and cpu.sparsity == 0.9
+    assert ex.experiment_profile("dynamic_cnn", "cpu", epochs=None) == cpu  # None keeps
+    assert ex.experiment_profile("dynamic_cnn", "cpu", epochs=3).epochs == 3
+    assert ex.experiment_profile("dynamic_mlp", "gpu").seeds == (0, 1, 2)
+    with pytest.raises(ValueError, match="profile"):
+        ex.experiment_profile("dynamic_cnn", "tpu")
+    with pytest.raises(ValueError, match="experiment"):
+        ex.experiment_profile("wrn", "cpu")
+    with pytest.raises(TypeError, match="unknown"):
+        ex.experiment_profile("dynamic_cnn", "cpu", learning_rate=1.0)
+    with pytest.raises(ValueError, match="methods"):
+        dataclasses.replace(cpu, methods=("dense", "lottery"))
+    with pytest.raises(ValueError, match="dsr_period"):
+        dataclasses.replace(cpu, dsr_period=((0.5, 100),))
+    with pytest.raises(ValueError, match="sparsities"):
+        dataclasses.replace(cpu, sparsities=(1.0,))
+
+
+def test_training_key_ignores_what_a_notebook_runs():
+    cpu = ex.experiment_profile("dynamic_cnn", "cpu")
+    key = cpu.training_key("dsr", 0.9)
+    assert dataclasses.replace(cpu, seeds=(0, 1, 2), name="x").training_key("dsr", 0.9) == key
+    assert dataclasses.replace(cpu, lr=0.2).training_key("dsr", 0.9) != key
+    assert cpu.training_key("set", 0.9) != key and cpu.training_key("dsr", 0.8) != key
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def test_sparse_layer_target_meets_conv_sparsity_with_dense_stem():
+    model = dp.DynamicCNN(widths=(8, 16, 32), convs_per_stage=1)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    total = sum(m.weight.numel() for m in convs)
+    sparse = total - convs[0].weight.numel()  # the first convolution stays dense
+    target = ex.sparse_layer_target(model, 0.9, "conv")
+    assert target == math.ceil(0.9 * total) / sparse
+    ex.init_random_masks(model, target, distribution="uniform", generator=torch.Generator().manual_seed(0))
+    zeros = sum(int((m.weight == 0).sum()) for m in convs)
+    assert 0.9 <= zeros / total < 0.9 + len(convs) / total
+    with pytest.raises(ValueError, match="dense layers hold too many"):
+        ex.sparse_layer_target(dp.DynamicCNN(widths=(64, 2), convs_per_stage=1), 0.99, "conv")
+
+
+def test_init_random_masks_erk_is_the_erk_distribution_and_seeded():
+    model = dp.MLP(in_features=48, hidden=(32, 16), sparsity=0.0)
+    layers = dict(sparse_modules(model))
+    got = ex.init_random_masks(model, 0.8, distribution="erk", generator=torch.Generator().manual_seed(1))
+    expected = erk_sparsities([m.weight.shape for m in layers.values()], 0.8)
+    for (name, layer), s in zip(layers.items(), expected):
+        n = layer.weight.numel()
+        assert got[name] == math.ceil(s * n - 1e-9) / n
+        assert int((~layer.mask).sum()) == math.ceil(s * n - 1e-9)
+        assert torch.all(layer.weight[~layer.mask] == 0)
+    again = dp.MLP(in_features=48, hidden=(32, 16), sparsity=0.0)
+    ex.init_random_masks(again, 0.8, distribution="erk", generator=torch.Generator().manual_seed(1))
+    assert all(torch.equal(a.mask, b.mask) for (_, a), (_, b) in zip(sparse_modules(model), sparse_modules(again)))
+    with pytest.raises(ValueError, match="distribution"):
+        ex.init_random_masks(model, 0.8, distribution="normal", generator=torch.Generator())
+
+
+# --------------------------------------------------------------------------- per-step schedule
+
+
+def test_step_schedule_steps_one_cycle_per_step_and_resumes():
+    def make():
+        param = nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([param], lr=0.1)
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=20, cycle_momentum=False)
+
+    ref_opt, ref = make()
+    expected = []
+    for _ in range(20):
+        ref_opt.step()
+        ref.step()
+        expected.append(ref_opt.param_groups[0]["lr"])
+
+    class Pruner:
+        def __init__(self):
+            self.steps = 0
+
+        def step(self):
+            self.steps += 1
+
+        def epoch_end(self, epoch):
+            return {"sparsity": 0.5}
+
+        def state_dict(self):
+            return {"steps": self.steps}
+
+        def load_state_dict(self, state):
+            self.steps = state["steps"]
+
+    opt, sched = make()
+    hook = ex.StepSchedule(sched, Pruner())
+    got = []
+    for i in range(20):
+        opt.step()
+        hook.step()
+        got.append(opt.param_groups[0]["lr"])
+        if i == 9:  # resume half-way into a fresh hook
+            state = hook.state_dict()
+            opt, sched = make()
+            hook = ex.StepSchedule(sched, Pruner())
+            hook.load_state_dict(state)
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert hook.pruner.steps == 20 and hook.epoch_end(0) == {"sparsity": 0.5}
+    assert ex.StepSchedule(sched).epoch_end(0) == {}
+    with pytest.raises(ValueError, match="pruner"):
+        ex.StepSchedule(sched).load_state_dict(state)
+    with pytest.raises(TypeError, match="lr_scheduler"):
+        ex.StepSchedule(object())
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@pytest.mark.parametrize("method", ex.METHODS)
+def test_every_method_trains_reaches_its_sparsity_and_resumes(tmp_path, method):
+    data, config = _data(), _config()
+    run = ex.train_run(config, data, method, seed=0, run_dir=tmp_path, progress=False, verbose=False)
+    assert list(run.history["epoch"]) == [1, 2]
+    summary = sparsity_summary(run.model)
+    if method == "dense":
+        assert summary["conv"] == 0.0 and run.log is None and run.sparsity is None
+    else:
+        assert summary["conv"] >= 0.9  # at least 90 % of all convolution weights are zero
+        assert run.log is not None and (run.log["pruned"] > 0).any()
+        assert "sparsity" in run.history.columns
+    if method == "dsr":
+        assert "threshold" in run.history.columns
+    if method in ("dsr", "set", "rigl"):
+        assert len(set(run.layer_sparsity.values())) > 1  # ERK: denser where a layer is small
+    # Finished: a second call restores the run instead of training (the same wall times come back).
+    again = ex.train_run(config, data, method, seed=0, run_dir=tmp_path, progress=False, verbose=False)
+    pd.testing.assert_frame_equal(again.history, run.history)
+    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), run.model.state_dict().values()))
+
+
+def test_runs_are_deterministic_under_the_seed(tmp_path):
+    data, config = _data(), _config()
+    a = ex.train_run(config, data, "rigl", seed=3, run_dir=tmp_path / "a", progress=False, verbose=False)
+    b = ex.train_run(config, data, "rigl", seed=3, run_dir=tmp_path / "b", progress=False, verbose=False)
+    cols = [c for c in a.history.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(a.history[cols], b.history[cols], check_exact=True)
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    c = ex.train_run(config, data, "rigl", seed=4, run_dir=tmp_path / "a", progress=False, verbose=False)
+    assert not torch.equal(c.model.features[4].mask, a.model.features[4].mask)
+
+
+def test_run_errors_name_the_argument(tmp_path):
+    data = _data()
+    with pytest.raises(ValueError, match="method"):
+        ex.train_run(_config(), data, "lottery", run_dir=tmp_path)
+    with pytest.raises(ValueError, match="dense"):
+        ex.train_run(_config(), data, "dense", sparsity=0.5, run_dir=tmp_path)
+    with pytest.raises(ValueError, match="gradual"):  # would end after the last step
+        ex.train_run(_config(gradual_every=3), data, "magnitude_gradual", run_dir=tmp_path)
+
+
+def test_baseline_history_reads_notebook_01_or_trains(tmp_path):
+    data = _data()
+    rows = pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.5], "train_acc": [0.3, 0.4],
+                         "test_loss": [1.9, 1.6], "test_acc": [0.35, 0.42], "lr": 1e-3, "seconds": 1.0})
+    rows.to_csv(tmp_path / "baseline.csv", index=False)
+    history, source = ex.baseline_history(tmp_path, data, epochs=2, run_dir=tmp_path / "runs", verbose=False)
+    assert "notebook 01" in source
+    pd.testing.assert_frame_equal(history, rows)
+    history, source = ex.baseline_history(tmp_path, data, epochs=1, run_dir=tmp_path / "runs", verbose=False)
+    assert "trained here" in source and "2 epochs" in source and len(history) == 1
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _fake_run(method: str, seed: int, accs: list[float]) -> ex.Run:
+    history = pd.DataFrame({"epoch": range(1, len(accs) + 1), "train_loss": 1.0, "train_acc": 0.5,
+                            "test_loss": 1.0, "test_acc": accs, "lr": 0.1, "seconds": 2.0})
+    config = ex.experiment_profile("dynamic_cnn", "smoke")
+    return ex.Run(method, seed, 0.9, nn.Linear(1, 1), history, None, {}, tmp := None, config) if False else \
+        ex.Run(method, seed, 0.9, nn.Linear(1, 1), history, None, {}, None, config)
+
+
+def test_method_table_aggregates_seeds_and_adds_the_baseline():
+    runs = [_fake_run("dsr", 0, [0.5, 0.7]), _fake_run("dsr", 1, [0.6, 0.8]), _fake_run("set", 0, [0.4, 0.6])]
+    sparsity = {(r.method, r.seed): {"conv": 0.9 + r.seed / 100, "sparse_layers": 0.91, "all": 0.89} for r in runs}
+    baseline = runs[2].history.assign(test_acc=[0.55, 0.65])
+    table = ex.method_table(runs, sparsity=sparsity, baseline=baseline).set_index("method")
+    assert list(table.index) == ["dsr", "set", "baseline"]
+    assert table.loc["dsr", "seeds"] == 2
+    assert table.loc["dsr", "final_test_acc"] == pytest.approx(0.75)
+    assert table.loc["dsr", "final_test_acc_std"] == pytest.approx(np.std([0.7, 0.8], ddof=1))
+    assert (table.loc["dsr", "final_test_acc_min"], table.loc["dsr", "final_test_acc_max"]) == (0.7, 0.8)
+    assert table.loc["dsr", "best_test_acc"] == pytest.approx(0.75)
+    assert table.loc["dsr", "conv_sparsity"] == pytest.approx(0.905)
+    assert math.isnan(table.loc["set", "final_test_acc_std"])
+    assert table.loc["baseline", "final_test_acc"] == 0.65 and table.loc["baseline", "conv_sparsity"] == 0.0
+    with pytest.raises(ValueError, match="sparsity has no entry"):
+        ex.method_table(runs, sparsity={})
+    long = ex.histories_frame(runs)
+    assert len(long) == 6 and set(long["method"]) == {"dsr", "set"}
+    assert list(ex.mean_history(runs[:2])["test_acc"]) == pytest.approx([0.55, 0.75])
+
+
+def test_paper_marks_come_from_the_paper_table():
+    paper = dp.PAPER["dynamic_cnn"]
+    marks = ex.paper_marks("dynamic_cnn", 10)
+    assert marks == {1: paper["test_acc after epoch 1"], 4: paper["test_acc after epoch 4"],
+                     10: paper["final test_acc"]}
+    assert ex.paper_marks("dynamic_cnn", 1)[1] == paper["test_acc after epoch 1"]
+    with pytest.raises(ValueError, match="experiment"):
+        ex.paper_marks("mlp", 10)
