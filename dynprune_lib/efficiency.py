@@ -212,7 +212,7 @@ def set_global_sparsity(model: nn.Module, sparsity: float) -> dict[str, float]:
     out, offset = {}, 0
     for name, layer in layers.items():
         numel = layer.weight.numel()
-        share = int(pruned[offset: offset + numel].sum()) / numel
+        share = min(int(pruned[offset: offset + numel].sum()), numel - 1) / numel
         layer.set_sparsity(share)
         out[name] = layer.mask_sparsity
         offset += numel

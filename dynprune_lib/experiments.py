@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from .data import BatchLoader, CIFAR10Data
+from .efficiency import inference_sparsity_sweep, latency_table, sparsity_summary
 from .layers import erk_sparsities, sparse_modules
 from .models import MLP, BaselineCNN, DynamicCNN
 from .paper import PAPER
@@ -51,6 +52,7 @@ from .schedulers import DSR, SET, MagnitudePruning, RigL
 from .train import fit, set_seed
 
 __all__ = [
+    "BASELINE_PROTOCOL",
     "EXPERIMENTS",
     "METHODS",
     "METHOD_LABELS",
@@ -61,18 +63,22 @@ __all__ = [
     "build_model",
     "experiment_profile",
     "histories_frame",
+    "inference_sweep",
     "init_random_masks",
     "make_loaders",
     "mean_history",
     "method_table",
     "paper_marks",
+    "run_latency",
     "run_methods",
+    "run_table",
     "sparse_layer_target",
+    "sparsity_claim_table",
     "sparsity_sweep",
+    "target_table",
     "train_run",
 ]
 
-Method = Literal["dense", "dsr", "set", "rigl", "magnitude_oneshot", "magnitude_gradual"]
 METHODS: tuple[str, ...] = ("dense", "dsr", "magnitude_oneshot", "magnitude_gradual", "set", "rigl")
 METHOD_LABELS: Mapping[str, str] = {
     "dense": "dense (no pruning)",
@@ -491,6 +497,10 @@ def train_run(
         weight_decay=config.weight_decay,
     )
     total_steps = config.epochs * len(train_loader)
+    if config.warmup * total_steps < 2:  # OneCycleLR divides by (warm-up steps - 1)
+        raise ValueError(
+            f"warmup={config.warmup} of {total_steps} steps is under 2 steps; use more data, epochs or warmup"
+        )
     lr_scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=config.warmup, cycle_momentum=False,
     )
@@ -620,46 +630,47 @@ def mean_history(runs: Sequence[Run]) -> pd.DataFrame:
     return frame.groupby("epoch", as_index=False).mean(numeric_only=True)
 
 
-def method_table(
-    runs: Sequence[Run],
-    *,
-    sparsity: Mapping[tuple[str, int], Mapping[str, float]],
-    baseline: pd.DataFrame | None = None,
-) -> pd.DataFrame:
-    """One row per method: final and best test accuracy over seeds (mean, standard deviation,
-    min, max), the sparsity reached (``sparsity[(method, seed)]``, e.g. from
-    :func:`dynprune_lib.efficiency.sparsity_summary`) and training time.
-
-    ``baseline`` (a history of the paper's dense baseline CNN) adds its row.
-    """
+def run_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """One row per run: final, best and training accuracy, the sparsity measured on its weights
+    (:func:`~dynprune_lib.efficiency.sparsity_summary`: sparse layers, convolutions, linear
+    layers, all weights) and its training time."""
     rows = []
     for run in runs:
-        key = (run.method, run.seed)
-        if key not in sparsity:
-            raise ValueError(f"sparsity has no entry for {key}")
-        s = sparsity[key]
+        s = sparsity_summary(run.model)
         rows.append({
-            "method": run.method, "seed": run.seed,
+            "method": run.method,
+            "sparsity_target": math.nan if run.sparsity is None else run.sparsity,
+            "seed": run.seed,
             "final_test_acc": float(run.history["test_acc"].iloc[-1]),
             "best_test_acc": float(run.history["test_acc"].max()),
             "final_train_acc": float(run.history["train_acc"].iloc[-1]),
-            "conv_sparsity": s.get("conv", math.nan), "sparse_layer_sparsity": s.get("sparse_layers", math.nan),
-            "weight_sparsity": s.get("all", math.nan),
+            "sparse_layer_sparsity": s["sparse_layers"], "conv_sparsity": s["conv"],
+            "linear_sparsity": s["linear"], "weight_sparsity": s["all"],
             "epochs": len(run.history), "seconds_per_epoch": float(run.history["seconds"].mean()),
             "train_minutes": run.train_seconds / 60,
         })
+    return pd.DataFrame(rows)
+
+
+def method_table(runs: Sequence[Run], *, baseline: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per method: accuracy over seeds (final: mean, standard deviation, min, max;
+    best; training), the sparsity measured on the weights and training time (means).
+
+    ``baseline`` (the history of the paper's dense baseline CNN) adds its row.
+    """
+    if not runs:
+        raise ValueError("runs is empty")
+    per_run = run_table(runs)
     if baseline is not None:
-        rows.append({
+        per_run = pd.concat([per_run, pd.DataFrame([{
             "method": "baseline", "seed": -1,
             "final_test_acc": float(baseline["test_acc"].iloc[-1]), "best_test_acc": float(baseline["test_acc"].max()),
             "final_train_acc": float(baseline["train_acc"].iloc[-1]),
-            "conv_sparsity": 0.0, "sparse_layer_sparsity": math.nan, "weight_sparsity": 0.0,
+            "conv_sparsity": 0.0, "linear_sparsity": 0.0, "weight_sparsity": 0.0,
             "epochs": len(baseline), "seconds_per_epoch": float(baseline["seconds"].mean()),
             "train_minutes": float(baseline["seconds"].sum()) / 60,
-        })
-    per_run = pd.DataFrame(rows)
-    grouped = per_run.groupby("method", sort=False)
-    table = grouped.agg(
+        }])], ignore_index=True)
+    table = per_run.groupby("method", sort=False).agg(
         seeds=("seed", "size"),
         final_test_acc=("final_test_acc", "mean"),
         final_test_acc_std=("final_test_acc", "std"),
@@ -676,6 +687,79 @@ def method_table(
     ).reset_index()
     table.insert(1, "description", [METHOD_LABELS.get(m, m) for m in table["method"]])
     return table
+
+
+def target_table(
+    run: Run, *, experiment: str = "dynamic_cnn", time_budget_minutes: float | None = None
+) -> pd.DataFrame:
+    """Whether ``run`` meets the goals of issue 5: final test accuracy at least the paper's
+    final one, at least ``run.sparsity`` of the convolution (CNN) or linear (MLP) weights zero,
+    and (optionally) training within ``time_budget_minutes``. Every number is computed."""
+    summary = sparsity_summary(run.model)
+    scope = run.config.sparsity_scope
+    final = float(run.history["test_acc"].iloc[-1])
+    rows = [
+        {"criterion": "final test accuracy >= the paper's final", "required": PAPER[experiment]["final test_acc"],
+         "ours": final},
+        {"criterion": f"fraction of {scope} weights that are zero", "required": run.sparsity,
+         "ours": summary["conv" if scope == "conv" else "linear"]},
+    ]
+    if time_budget_minutes is not None:
+        rows.append({"criterion": "training wall time, minutes (at most)", "required": time_budget_minutes,
+                     "ours": run.train_seconds / 60})
+    table = pd.DataFrame(rows)
+    at_most = table["criterion"].str.contains("at most")
+    table["met"] = (table["ours"] >= table["required"]).where(~at_most, table["ours"] <= table["required"])
+    return table
+
+
+def run_latency(runs: Sequence[Run], *, device: str | torch.device = "cpu") -> pd.DataFrame:
+    """:func:`~dynprune_lib.efficiency.latency_table` of every run's model at its config's
+    ``latency_batches``, with the run's method, target sparsity, seed and measured sparsity."""
+    frames = []
+    for run in runs:
+        table = latency_table(run.model, run.config.latency_batches, seconds=run.config.latency_seconds,
+                              device=device)
+        table.insert(0, "sparsity", sparsity_summary(run.model)["sparse_layers"])
+        table.insert(0, "seed", run.seed)
+        table.insert(0, "sparsity_target", math.nan if run.sparsity is None else run.sparsity)
+        table.insert(0, "method", run.method)
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+def inference_sweep(
+    sources: Mapping[str, Run],
+    test_loader: BatchLoader,
+    *,
+    sparsities: Sequence[float] | None = None,
+    device: str | torch.device = "cpu",
+) -> pd.DataFrame:
+    """Each source run's model with its sparsity raised at inference to every one of
+    ``sparsities`` (default: its config's ``inference_sparsities``), without retraining:
+    accuracy and dense-vs-CSR latency per point
+    (:func:`~dynprune_lib.efficiency.inference_sparsity_sweep`), with a ``source`` column."""
+    frames = []
+    for name, run in sources.items():
+        targets = run.config.inference_sparsities if sparsities is None else sparsities
+        frame = inference_sparsity_sweep(run.model, test_loader, targets, latency_batches=run.config.latency_batches,
+                                         seconds=run.config.latency_seconds, device=device)
+        frame.insert(0, "source", name)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def sparsity_claim_table(runs: pd.DataFrame, inference: pd.DataFrame, *, method: str = "dsr") -> pd.DataFrame:
+    """Test accuracy at each sparsity: retrained (``run_table`` rows of ``method``, mean over
+    seeds) beside every inference-time source (``inference_sweep``), and their differences."""
+    retrained = (runs[runs["method"] == method].groupby("sparsity_target")["final_test_acc"].mean()
+                 .rename("retrained"))
+    per_source = (inference.drop_duplicates(["source", "sparsity_target"])
+                  .pivot(index="sparsity_target", columns="source", values="test_acc"))
+    table = pd.concat([retrained, per_source], axis=1).sort_index()
+    for source in per_source.columns:
+        table[f"{source} - retrained"] = table[source] - table["retrained"]
+    return table.rename_axis("sparsity").reset_index()
 
 
 def paper_marks(experiment: str, last_epoch: int) -> dict[int, float]:

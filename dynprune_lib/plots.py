@@ -415,23 +415,28 @@ def plot_accuracy_vs_sparsity(
     return fig
 
 
-def plot_latency_vs_sparsity(latency: pd.DataFrame, *, title: str | None = None) -> Figure:
+def plot_latency_vs_sparsity(latency: pd.DataFrame, *, by: str | None = None, title: str | None = None) -> Figure:
     """Dense vs CSR forward time (left, log scale) and the speed-up (right) against sparsity,
-    one line per batch size. ``latency`` has ``sparsity``, ``batch``, ``dense_ms``, ``csr_ms``."""
-    missing = {"sparsity", "batch", "dense_ms", "csr_ms"} - set(latency.columns)
+    one line per batch size (and per value of the column ``by``, e.g. ``"source"``).
+    ``latency`` has ``sparsity``, ``batch``, ``dense_ms`` and ``csr_ms``."""
+    needed = {"sparsity", "batch", "dense_ms", "csr_ms"} | ({by} if by else set())
+    missing = needed - set(latency.columns)
     if missing:
         raise ValueError(f"latency lacks the columns {sorted(missing)}")
     fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(11.0, 4.2), layout="constrained")
-    for batch, part in latency.groupby("batch"):
+    keys = [by, "batch"] if by else ["batch"]
+    for key, part in latency.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        name = f"{key[0]}, batch {key[1]}" if by else f"batch {key[0]}"
         part = part.sort_values("sparsity")
         x = 1.0 - part["sparsity"].to_numpy()
-        (line,) = ax_t.plot(x, part["dense_ms"], marker="o", linestyle=":", label=f"dense, batch {batch}")
-        ax_t.plot(x, part["csr_ms"], marker="s", color=line.get_color(), label=f"CSR, batch {batch}")
-        ax_s.plot(x, part["dense_ms"] / part["csr_ms"], marker="s", color=line.get_color(), label=f"batch {batch}")
+        (line,) = ax_t.plot(x, part["dense_ms"], marker="o", linestyle=":", label=f"dense: {name}")
+        ax_t.plot(x, part["csr_ms"], marker="s", color=line.get_color(), label=f"CSR: {name}")
+        ax_s.plot(x, part["dense_ms"] / part["csr_ms"], marker="s", color=line.get_color(), label=name)
     for ax in (ax_t, ax_s):
         _sparsity_axis(ax, [round(s, 3) for s in latency["sparsity"]])
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     ax_t.set_yscale("log")
     ax_t.set_ylabel("forward time (ms)")
     ax_s.axhline(1.0, color="0.3", linewidth=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,15 @@ from dynprune_lib.efficiency import sparsity_summary
 from dynprune_lib.layers import erk_sparsities, sparse_modules
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (and are not slowed by a busy machine's other jobs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _data(n_train: int = 64, n_test: int = 32, seed: int = 0) -> dp.CIFAR10Data:
     """Tiny learnable CIFAR-shaped data: the label is the brightest colour channel (0-2)."""
     g = torch.Generator().manual_seed(seed)
@@ -27,12 +37,11 @@ def _data(n_train: int = 64, n_test: int = 32, seed: int = 0) -> dp.CIFAR10Data:
 
 
 def _config(**changes) -> ex.ExperimentConfig:
-    """The smoke CNN profile on 4 steps (2 epochs of 2 batches), every scheduler active."""
+    """The smoke CNN profile on 8 steps (2 epochs of 4 batches), every scheduler active."""
     base = ex.experiment_profile("dynamic_cnn", "smoke")
-    return dataclasses.replace(
-        base, epochs=2, batch_size=32, eval_batch_size=32, dsr_period=((0.0, 1),), regrow_period=1,
-        gradual=(0.25, 0.75), gradual_every=1, **changes,
-    )
+    settings = dict(epochs=2, batch_size=16, eval_batch_size=32, dsr_period=((0.0, 1),), regrow_period=1,
+                    gradual=(0.25, 0.75), gradual_every=1)
+    return dataclasses.replace(base, **{**settings, **changes})
 
 
 # --------------------------------------------------------------------------- configuration
@@ -196,7 +205,9 @@ def test_run_errors_name_the_argument(tmp_path):
     with pytest.raises(ValueError, match="dense"):
         ex.train_run(_config(), data, "dense", sparsity=0.5, run_dir=tmp_path)
     with pytest.raises(ValueError, match="gradual"):  # would end after the last step
-        ex.train_run(_config(gradual_every=3), data, "magnitude_gradual", run_dir=tmp_path)
+        ex.train_run(_config(gradual_every=7), data, "magnitude_gradual", run_dir=tmp_path)
+    with pytest.raises(ValueError, match="warmup"):
+        ex.train_run(_config(warmup=0.1), data, "dense", run_dir=tmp_path)
 
 
 def test_baseline_history_reads_notebook_01_or_trains(tmp_path):
@@ -214,33 +225,74 @@ def test_baseline_history_reads_notebook_01_or_trains(tmp_path):
 # --------------------------------------------------------------------------- tables
 
 
-def _fake_run(method: str, seed: int, accs: list[float]) -> ex.Run:
+def _fake_run(method: str, seed: int, accs: list[float], zeros: int = 0) -> ex.Run:
+    """A run with a given history and a 3x3 convolution holding ``zeros`` zero weights of 9."""
     history = pd.DataFrame({"epoch": range(1, len(accs) + 1), "train_loss": 1.0, "train_acc": 0.5,
                             "test_loss": 1.0, "test_acc": accs, "lr": 0.1, "seconds": 2.0})
+    model = nn.Conv2d(1, 1, 3, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0).view(-1)[:zeros] = 0.0
     config = ex.experiment_profile("dynamic_cnn", "smoke")
-    return ex.Run(method, seed, 0.9, nn.Linear(1, 1), history, None, {}, tmp := None, config) if False else \
-        ex.Run(method, seed, 0.9, nn.Linear(1, 1), history, None, {}, None, config)
+    return ex.Run(method, seed, 0.9, model, history, None, {}, Path("unused.pt"), config)
 
 
 def test_method_table_aggregates_seeds_and_adds_the_baseline():
-    runs = [_fake_run("dsr", 0, [0.5, 0.7]), _fake_run("dsr", 1, [0.6, 0.8]), _fake_run("set", 0, [0.4, 0.6])]
-    sparsity = {(r.method, r.seed): {"conv": 0.9 + r.seed / 100, "sparse_layers": 0.91, "all": 0.89} for r in runs}
+    runs = [_fake_run("dsr", 0, [0.5, 0.7], 8), _fake_run("dsr", 1, [0.6, 0.8], 7), _fake_run("set", 0, [0.4, 0.6])]
     baseline = runs[2].history.assign(test_acc=[0.55, 0.65])
-    table = ex.method_table(runs, sparsity=sparsity, baseline=baseline).set_index("method")
+    table = ex.method_table(runs, baseline=baseline).set_index("method")
     assert list(table.index) == ["dsr", "set", "baseline"]
     assert table.loc["dsr", "seeds"] == 2
     assert table.loc["dsr", "final_test_acc"] == pytest.approx(0.75)
     assert table.loc["dsr", "final_test_acc_std"] == pytest.approx(np.std([0.7, 0.8], ddof=1))
     assert (table.loc["dsr", "final_test_acc_min"], table.loc["dsr", "final_test_acc_max"]) == (0.7, 0.8)
     assert table.loc["dsr", "best_test_acc"] == pytest.approx(0.75)
-    assert table.loc["dsr", "conv_sparsity"] == pytest.approx(0.905)
+    assert table.loc["dsr", "conv_sparsity"] == pytest.approx((8 / 9 + 7 / 9) / 2)
+    assert table.loc["dsr", "train_minutes"] == pytest.approx(4 / 60)
     assert math.isnan(table.loc["set", "final_test_acc_std"])
     assert table.loc["baseline", "final_test_acc"] == 0.65 and table.loc["baseline", "conv_sparsity"] == 0.0
-    with pytest.raises(ValueError, match="sparsity has no entry"):
-        ex.method_table(runs, sparsity={})
+    with pytest.raises(ValueError, match="empty"):
+        ex.method_table([])
     long = ex.histories_frame(runs)
     assert len(long) == 6 and set(long["method"]) == {"dsr", "set"}
     assert list(ex.mean_history(runs[:2])["test_acc"]) == pytest.approx([0.55, 0.75])
+
+
+def test_target_table_checks_accuracy_sparsity_and_time():
+    paper_final = dp.PAPER["dynamic_cnn"]["final test_acc"]
+    good = _fake_run("dsr", 0, [0.5, paper_final + 0.01], zeros=9)  # 9 of 9 weights zero
+    table = ex.target_table(good, time_budget_minutes=1.0).set_index("criterion")
+    assert table["met"].all()
+    assert table.loc["fraction of conv weights that are zero", "ours"] == 1.0
+    bad = _fake_run("dsr", 0, [0.5, paper_final - 0.01], zeros=1)
+    table = ex.target_table(bad, time_budget_minutes=0.01)
+    assert not table["met"].any() and len(table) == 3
+
+
+def test_sparsity_claim_table_pairs_retrained_and_inference_accuracy():
+    runs = pd.DataFrame({"method": ["dense", "dsr", "dsr", "dsr"], "sparsity_target": [math.nan, 0.5, 0.9, 0.9],
+                         "final_test_acc": [0.6, 0.58, 0.5, 0.52]})
+    inference = pd.DataFrame({"source": ["dense"] * 3, "sparsity_target": [0.5, 0.9, 0.9],
+                              "test_acc": [0.59, 0.3, 0.3], "batch": [1, 1, 128]})
+    table = ex.sparsity_claim_table(runs, inference).set_index("sparsity")
+    assert table.loc[0.9, "retrained"] == pytest.approx(0.51)
+    assert table.loc[0.9, "dense - retrained"] == pytest.approx(0.3 - 0.51)
+    assert table.loc[0.5, "dense"] == 0.59
+
+
+def test_inference_sweep_and_run_latency_label_their_rows(tmp_path):
+    data = _data()
+    config = dataclasses.replace(ex.experiment_profile("dynamic_mlp", "smoke"), epochs=2, batch_size=16,
+                                 inference_sparsities=(0.5, 0.9), latency_batches=(1,), latency_seconds=0.01)
+    runs = ex.sparsity_sweep(config, data, sparsities=(0.5,), run_dir=tmp_path, progress=False, verbose=False)
+    assert [(r.method, r.sparsity) for r in runs] == [("dense", None), ("dsr", 0.5)]
+    test_loader = ex.make_loaders(config, data)[1]
+    sweep = ex.inference_sweep({"dense": runs[0]}, test_loader)
+    assert list(sweep["source"]) == ["dense", "dense"] and list(sweep["sparsity_target"]) == [0.5, 0.9]
+    assert sweep["sparsity"].to_numpy() == pytest.approx([0.5, 0.9], abs=1e-3)
+    latency = ex.run_latency(runs)
+    assert list(latency["method"]) == ["dense", "dsr"] and (latency["csr_ms"] > 0).all()
+    table = ex.run_table(runs)
+    assert table.loc[1, "linear_sparsity"] >= 0.5 and table.loc[0, "linear_sparsity"] == 0.0
 
 
 def test_paper_marks_come_from_the_paper_table():

@@ -1,0 +1,132 @@
+"""Sparsity counts, CSR storage, latency, sparsity changed at inference; DynamicCNN options."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.utils.prune as prune
+from torch import nn
+
+import dynprune_lib as dp
+from dynprune_lib import efficiency as ef
+from dynprune_lib.layers import sparse_modules
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _sparse_cnn(sparsity: float = 0.9) -> nn.Module:
+    torch.manual_seed(0)
+    model = dp.DynamicCNN(widths=(8, 16, 32), sparsity=sparsity, convs_per_stage=1)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 16, 16))  # non-trivial BatchNorm statistics
+    return model.eval()
+
+
+def test_sparsity_table_counts_zero_weights():
+    model = _sparse_cnn()
+    table = ef.sparsity_table(model).set_index("layer")
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    for name, module in convs:
+        assert table.loc[name, "zeros"] == int((module.weight == 0).sum())
+        assert table.loc[name, "weights"] == module.weight.numel()
+    assert not table.loc[convs[0][0], "dynamic"] and table.loc[convs[1][0], "dynamic"]
+    conv_zeros = sum(int((m.weight == 0).sum()) for _, m in convs)
+    conv_total = sum(m.weight.numel() for _, m in convs)
+    assert table.loc["all convolutions", "sparsity"] == pytest.approx(conv_zeros / conv_total)
+    sparse = [m for _, m in sparse_modules(model)]
+    assert table.loc["sparse layers", "weights"] == sum(m.weight.numel() for m in sparse)
+    summary = ef.sparsity_summary(model)
+    assert summary["conv"] == table.loc["all convolutions", "sparsity"] and summary["linear"] == 0.0
+    assert 0.85 < summary["sparse_layers"] < 0.95  # random init masks at 0.9, per layer rounded
+    with pytest.raises(ValueError, match="no Conv2d or Linear"):
+        ef.sparsity_table(nn.ReLU())
+
+
+def test_set_global_sparsity_equals_global_unstructured_pruning():
+    torch.manual_seed(1)
+    model = dp.MLP(in_features=48, hidden=(32, 16), sparsity=0.0)
+    reference = nn.Sequential(*[m.to_dense() for _, m in sparse_modules(model)])
+    prune.global_unstructured([(m, "weight") for m in reference], prune.L1Unstructured, amount=0.7)
+    per_layer = ef.set_global_sparsity(model, 0.7)
+    for (name, layer), ref in zip(sparse_modules(model), reference):
+        assert torch.equal(layer.mask, ref.weight_mask.bool()), name
+        assert per_layer[name] == layer.mask_sparsity
+    total = sum(m.weight.numel() for _, m in sparse_modules(model))
+    zeros = sum(int((~m.mask).sum()) for _, m in sparse_modules(model))
+    assert zeros == round(0.7 * total)
+    with pytest.raises(ValueError, match="sparsity"):
+        ef.set_global_sparsity(model, 1.0)
+
+
+def test_storage_table_csr_is_smaller_and_lossless(tmp_path):
+    model = _sparse_cnn(0.9)
+    x = torch.randn(16, 3, 16, 16)
+    y = model(x).argmax(1)
+    loader = [(x, y)]
+    table = ef.storage_table(model, tmp_path, name="m", loader=loader).set_index("format")
+    dense = table.loc["dense (torch.save)", "bytes"]
+    csr = table.loc["CSR float32 (save_sparse)", "bytes"]
+    assert csr < 0.5 * dense
+    assert (tmp_path / "m_csr_float32.dpsm").stat().st_size == csr
+    assert table.loc["CSR float32 (save_sparse)", "test_acc_after_load"] == 1.0  # lossless
+    loaded = dp.load_sparse(tmp_path / "m_csr_float32.dpsm", copy.deepcopy(model))
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_latency_table_times_dense_and_csr():
+    table = ef.latency_table(_sparse_cnn(0.95), (1, 4), input_shape=(3, 16, 16), seconds=0.01, rounds=1)
+    assert list(table["batch"]) == [1, 4]
+    assert (table["dense_ms"] > 0).all() and (table["csr_ms"] > 0).all()
+    assert table["speedup"].to_numpy() == pytest.approx((table["dense_ms"] / table["csr_ms"]).to_numpy())
+    assert (table["sparse_layers"] == 2).all()
+    with pytest.raises(ValueError, match="batch"):
+        ef.latency_table(_sparse_cnn(), (0,))
+
+
+def test_inference_sparsity_sweep_changes_sparsity_without_touching_the_model():
+    model = _sparse_cnn(0.5)
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randn(32, 3, 16, 16)
+    loader = [(x, model(x).argmax(1))]
+    sweep = ef.inference_sparsity_sweep(model, loader, [0.5, 0.9, 0.99])
+    assert list(sweep["sparsity_target"]) == [0.5, 0.9, 0.99]
+    assert sweep["sparsity"].to_numpy() == pytest.approx([0.5, 0.9, 0.99], abs=1e-3)
+    assert sweep["test_acc"].iloc[0] == 1.0  # nothing pruned beyond training: predictions unchanged
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    timed = ef.inference_sparsity_sweep(model, loader, [0.9], latency_batches=(2,), input_shape=(3, 16, 16),
+                                        seconds=0.01)
+    assert list(timed["batch"]) == [2] and timed["csr_ms"].iloc[0] > 0
+
+
+# --------------------------------------------------------------------------- DynamicCNN options
+
+
+def test_dynamic_cnn_default_is_unchanged_and_options_keep_shapes():
+    assert sum(p.numel() for p in dp.DynamicCNN().parameters()) == 1_148_874
+    torch.manual_seed(0)
+    plain = dp.DynamicCNN(widths=(8, 16), convs_per_stage=1, sparsity=0.5)
+    torch.manual_seed(0)
+    reordered = dp.DynamicCNN(widths=(8, 16), convs_per_stage=1, sparsity=0.5, pool_before_norm=True)
+    kinds = [type(m).__name__ for m in reordered.features]
+    assert kinds == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU", "DynamicConv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
+    assert [p.shape for p in plain.parameters()] == [p.shape for p in reordered.parameters()]
+    # In eval mode with default BatchNorm statistics (identity), max pooling commutes with BN and ReLU.
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(plain.eval()(x), reordered.eval()(x), atol=1e-6)
+    torch.manual_seed(0)
+    fast = dp.DynamicCNN(widths=(8, 16), convs_per_stage=1, sparsity=0.5, pool_before_norm=True, channels_last=True)
+    with torch.no_grad():
+        assert torch.allclose(fast.eval()(x), reordered(x), atol=1e-5)
+    assert all(m.mask.is_contiguous() for _, m in sparse_modules(fast))
+    with pytest.raises(ValueError, match="convs_per_stage"):
+        dp.DynamicCNN(convs_per_stage=0)

@@ -1,0 +1,94 @@
+"""Figures of section 3.2: Figure 1 drawn by code, pruning logs, method comparison, sparsity curves."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
+
+from dynprune_lib import plots  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _texts(fig) -> str:
+    return " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+
+
+def test_figure_1_draws_the_loop_and_the_export(tmp_path):
+    fig = plots.plot_dynamic_pruning_process()
+    ax = fig.axes[0]
+    boxes = [p for p in ax.patches if isinstance(p, FancyBboxPatch)]
+    arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
+    assert len(boxes) == 7  # five loop steps, initialise, export
+    assert len(arrows) == 7  # the closed loop of five, into it, out of it
+    text = _texts(fig)
+    for word in ("Train", "Measure importance", "Prune", "Regrow", "Adapt threshold", "Initialise", "CSR"):
+        assert word in text
+    # Regenerates byte for byte (deterministic metadata through save_figure).
+    first = plots.save_figure(fig, "fig1", tmp_path / "a", formats=("svg",))[0].read_bytes()
+    second = plots.save_figure(plots.plot_dynamic_pruning_process(), "fig1", tmp_path / "b", formats=("svg",))
+    assert second[0].read_bytes() == first
+
+
+def test_pruning_log_plots_each_layer_and_skips_nan_thresholds():
+    log = pd.DataFrame({
+        "step": [0, 0, 100, 100], "layer": ["a", "b", "a", "b"], "sparsity": [0.9, 0.8, 0.91, 0.79],
+        "threshold": [1e-3, 1e-3, 2e-3, 2e-3],
+    })
+    fig = plots.plot_pruning_log(log, steps_per_epoch=100)
+    left, right = fig.axes
+    assert len(left.lines) == 2 and len(right.lines) == 2
+    assert list(left.lines[0].get_xdata()) == [0.0, 1.0]  # in epochs
+    fig = plots.plot_pruning_log(log.assign(threshold=np.nan))
+    assert len(fig.axes[1].lines) == 0
+    with pytest.raises(ValueError, match="threshold"):
+        plots.plot_pruning_log(log.drop(columns="threshold"))
+    with pytest.raises(ValueError, match="empty"):
+        plots.plot_pruning_log(log.iloc[:0])
+
+
+def test_method_comparison_means_over_seeds():
+    histories = pd.DataFrame({
+        "method": ["dsr"] * 4 + ["set"] * 2, "seed": [0, 0, 1, 1, 0, 0], "epoch": [1, 2, 1, 2, 1, 2],
+        "test_acc": [0.5, 0.7, 0.6, 0.8, 0.4, 0.6],
+    })
+    baseline = pd.DataFrame({"epoch": [1, 2], "test_acc": [0.55, 0.65]})
+    fig = plots.plot_method_comparison(histories, baseline=baseline, labels={"dsr": "DSR"})
+    curves, bars = fig.axes
+    lines = {line.get_label(): line for line in curves.lines}
+    assert set(lines) == {"DSR", "set", "baseline"}
+    assert list(lines["DSR"].get_ydata()) == pytest.approx([0.55, 0.75])
+    assert [p.get_width() for p in bars.patches] == pytest.approx([0.75, 0.6, 0.65])
+    with pytest.raises(ValueError, match="test_acc"):
+        plots.plot_method_comparison(histories.drop(columns="test_acc"))
+
+
+def test_accuracy_and_latency_against_sparsity():
+    retrained = pd.DataFrame({"sparsity": [0.5, 0.9, 0.5, 0.9], "test_acc": [0.5, 0.45, 0.52, 0.47]})
+    inference = pd.DataFrame({"source": ["dense"] * 2, "sparsity": [0.5, 0.9], "test_acc": [0.5, 0.3]})
+    fig = plots.plot_accuracy_vs_sparsity(retrained, inference, dense=0.53)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.5", "0.9"]
+    assert ax.xaxis_inverted()
+    labels = [line.get_label() for line in ax.lines]
+    assert "dense: sparsity raised at inference" in labels and "dense model" in labels
+    with pytest.raises(ValueError, match="retrained"):
+        plots.plot_accuracy_vs_sparsity(retrained.drop(columns="test_acc"))
+    latency = pd.DataFrame({"sparsity": [0.5, 0.9] * 2, "batch": [1, 1, 8, 8], "dense_ms": [1.0, 1.0, 4.0, 4.0],
+                            "csr_ms": [2.0, 0.5, 8.0, 2.0]})
+    fig = plots.plot_latency_vs_sparsity(latency)
+    speed = fig.axes[1]
+    assert list(speed.lines[0].get_ydata()) == pytest.approx([0.5, 2.0])
+    with pytest.raises(ValueError, match="csr_ms"):
+        plots.plot_latency_vs_sparsity(latency.drop(columns="csr_ms"))
