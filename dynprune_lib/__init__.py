@@ -19,7 +19,19 @@ from .models import BaselineCNN, DynamicCNN, MLP, WideResNet
 from .layers import DynamicConv2d, DynamicLinear, densify, erk_sparsities, sparse_modules, sparsify
 from .inference import to_sparse_inference
 from .paper import PAPER, compare_with_paper
-from .plots import plot_aspect_scores, plot_deletion_curves, plot_history, plot_learning_curves, save_figure
+from .plots import (
+    plot_accuracy_vs_sparsity,
+    plot_aspect_scores,
+    plot_deletion_curves,
+    plot_dynamic_pruning_process,
+    plot_history,
+    plot_latency_vs_sparsity,
+    plot_learning_curves,
+    plot_method_comparison,
+    plot_pruning_log,
+    save_figure,
+)
+from . import efficiency, experiments
 from .schedulers import DSR, SET, MagnitudePruning, RigL
 from .train import (
     CheckpointError,

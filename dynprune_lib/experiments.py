@@ -62,6 +62,7 @@ __all__ = [
     "baseline_history",
     "build_model",
     "experiment_profile",
+    "find_run",
     "histories_frame",
     "inference_sweep",
     "init_random_masks",
@@ -553,6 +554,8 @@ def sparsity_sweep(
     ``config.sparsities``), for every seed: accuracy against sparsity."""
     runs = []
     for seed in config.seeds if seeds is None else seeds:
+        if verbose:
+            print(f"== dense, seed {seed}", flush=True)
         runs.append(train_run(config, data, "dense", seed=seed, device=device, run_dir=run_dir,
                               progress=progress, verbose=verbose))
         for s in config.sparsities if sparsities is None else sparsities:
@@ -628,6 +631,15 @@ def mean_history(runs: Sequence[Run]) -> pd.DataFrame:
         raise ValueError("runs is empty")
     frame = pd.concat([r.history for r in runs], ignore_index=True)
     return frame.groupby("epoch", as_index=False).mean(numeric_only=True)
+
+
+def find_run(runs: Sequence[Run], method: str, sparsity: float | None = None, seed: int | None = None) -> Run:
+    """The run of ``method`` at target ``sparsity`` (None: any) and ``seed`` (None: the first)."""
+    for run in runs:
+        if run.method == method and (sparsity is None or run.sparsity == sparsity) and (
+                seed is None or run.seed == seed):
+            return run
+    raise ValueError(f"no run of method={method!r}, sparsity={sparsity!r}, seed={seed!r}")
 
 
 def run_table(runs: Sequence[Run]) -> pd.DataFrame:

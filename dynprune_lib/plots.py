@@ -374,39 +374,44 @@ def _sparsity_axis(ax: plt.Axes, sparsities: Sequence[float]) -> None:
 
 
 def plot_accuracy_vs_sparsity(
-    retrained: pd.DataFrame,
+    runs: pd.DataFrame,
     inference: pd.DataFrame | None = None,
     *,
-    dense: float | None = None,
+    method: str = "dsr",
     title: str | None = None,
 ) -> Figure:
-    """Test accuracy against sparsity: models retrained at each sparsity (mean over seeds,
-    min-max bars) beside models whose sparsity was raised at inference without
-    retraining (one line per ``source``), and the dense model as a line.
+    """Test accuracy against sparsity: ``method`` retrained at each sparsity (mean over seeds,
+    min-max bars), the dense model as a line, and models whose sparsity was raised at
+    inference without retraining (one line per ``source``).
 
-    ``retrained`` has ``sparsity`` and ``test_acc`` (and optionally ``seed``);
-    ``inference`` has ``source``, ``sparsity`` and ``test_acc``.
+    ``runs`` is :func:`dynprune_lib.experiments.run_table` (``method``, ``sparsity_target``,
+    ``final_test_acc``); ``inference`` is :func:`dynprune_lib.experiments.inference_sweep`
+    (``source``, ``sparsity_target``, ``test_acc``).
     """
-    missing = {"sparsity", "test_acc"} - set(retrained.columns)
+    missing = {"method", "sparsity_target", "final_test_acc"} - set(runs.columns)
     if missing:
-        raise ValueError(f"retrained lacks the columns {sorted(missing)}")
-    if inference is not None and {"source", "sparsity", "test_acc"} - set(inference.columns):
-        raise ValueError("inference needs the columns ['source', 'sparsity', 'test_acc']")
+        raise ValueError(f"runs lacks the columns {sorted(missing)}")
+    if inference is not None and {"source", "sparsity_target", "test_acc"} - set(inference.columns):
+        raise ValueError("inference needs the columns ['source', 'sparsity_target', 'test_acc']")
+    retrained = runs[runs["method"] == method]
+    if retrained.empty:
+        raise ValueError(f"runs has no rows of method {method!r}")
     fig, ax = plt.subplots(figsize=(7.0, 4.4), layout="constrained")
-    stats = retrained.groupby("sparsity")["test_acc"].agg(["mean", "min", "max"]).sort_index()
+    stats = retrained.groupby("sparsity_target")["final_test_acc"].agg(["mean", "min", "max"]).sort_index()
     ax.errorbar(1.0 - stats.index.to_numpy(), stats["mean"],
                 yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-                marker="o", capsize=3, label="retrained at each sparsity (DSR)")
-    all_s = list(stats.index)
+                marker="o", capsize=3, label=f"retrained at each sparsity ({method})")
+    targets = list(stats.index)
     if inference is not None:
         for source, part in inference.groupby("source", sort=False):
-            part = part.drop_duplicates("sparsity").sort_values("sparsity")
-            ax.plot(1.0 - part["sparsity"].to_numpy(), part["test_acc"], marker="s", linestyle="--",
+            part = part.drop_duplicates("sparsity_target").sort_values("sparsity_target")
+            ax.plot(1.0 - part["sparsity_target"].to_numpy(), part["test_acc"], marker="s", linestyle="--",
                     label=f"{source}: sparsity raised at inference")
-            all_s += list(part["sparsity"])
-    if dense is not None:
-        ax.axhline(dense, color="0.3", linestyle=":", label="dense model")
-    _sparsity_axis(ax, [round(s, 3) for s in all_s])
+            targets += list(part["sparsity_target"])
+    dense = runs.loc[runs["method"] == "dense", "final_test_acc"]
+    if len(dense):
+        ax.axhline(float(dense.mean()), color="0.3", linestyle=":", label="dense model")
+    _sparsity_axis(ax, [round(s, 3) for s in targets])
     ax.set_ylabel("test accuracy")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)

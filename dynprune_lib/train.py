@@ -56,7 +56,9 @@ class PruningHook(Protocol):
     """What ``fit`` needs from a pruning scheduler (see ``schedulers.py``).
 
     ``step()`` runs after every optimizer step. An optional
-    ``epoch_end(epoch) -> dict`` adds columns (e.g. ``sparsity``) to the history.
+    ``epoch_end(epoch) -> dict`` adds columns (e.g. ``sparsity``) to the history;
+    ``epoch`` is the 0-based index of the epoch just finished, as the schedulers
+    expect (the history's ``epoch`` column counts from 1).
     """
 
     def step(self) -> None: ...
@@ -217,7 +219,7 @@ def fit(
                 lr_scheduler.step()
             epoch_end = getattr(pruner, "epoch_end", None)
             if callable(epoch_end):
-                row.update({k: float(v) for k, v in epoch_end(epoch).items()})
+                row.update({k: float(v) for k, v in epoch_end(epoch - 1).items()})  # 0-based index
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
             if checkpoint is not None:

@@ -75,20 +75,30 @@ def test_method_comparison_means_over_seeds():
 
 
 def test_accuracy_and_latency_against_sparsity():
-    retrained = pd.DataFrame({"sparsity": [0.5, 0.9, 0.5, 0.9], "test_acc": [0.5, 0.45, 0.52, 0.47]})
-    inference = pd.DataFrame({"source": ["dense"] * 2, "sparsity": [0.5, 0.9], "test_acc": [0.5, 0.3]})
-    fig = plots.plot_accuracy_vs_sparsity(retrained, inference, dense=0.53)
+    runs = pd.DataFrame({"method": ["dense", "dsr", "dsr", "dsr", "dsr"],
+                         "sparsity_target": [np.nan, 0.5, 0.9, 0.5, 0.9],
+                         "final_test_acc": [0.53, 0.5, 0.45, 0.52, 0.47]})
+    inference = pd.DataFrame({"source": ["dense"] * 3, "sparsity_target": [0.5, 0.9, 0.9], "batch": [1, 1, 8],
+                              "test_acc": [0.5, 0.3, 0.3]})
+    fig = plots.plot_accuracy_vs_sparsity(runs, inference)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.5", "0.9"]
     assert ax.xaxis_inverted()
-    labels = [line.get_label() for line in ax.lines]
-    assert "dense: sparsity raised at inference" in labels and "dense model" in labels
-    with pytest.raises(ValueError, match="retrained"):
-        plots.plot_accuracy_vs_sparsity(retrained.drop(columns="test_acc"))
+    lines = {line.get_label(): line for line in ax.lines}
+    assert list(lines["dense: sparsity raised at inference"].get_ydata()) == [0.5, 0.3]
+    assert list(lines["dense model"].get_ydata()) == [0.53, 0.53]
+    with pytest.raises(ValueError, match="final_test_acc"):
+        plots.plot_accuracy_vs_sparsity(runs.drop(columns="final_test_acc"))
+    with pytest.raises(ValueError, match="method"):
+        plots.plot_accuracy_vs_sparsity(runs, method="set")
     latency = pd.DataFrame({"sparsity": [0.5, 0.9] * 2, "batch": [1, 1, 8, 8], "dense_ms": [1.0, 1.0, 4.0, 4.0],
-                            "csr_ms": [2.0, 0.5, 8.0, 2.0]})
+                            "csr_ms": [2.0, 0.5, 8.0, 2.0], "source": ["a", "a", "b", "b"]})
     fig = plots.plot_latency_vs_sparsity(latency)
     speed = fig.axes[1]
     assert list(speed.lines[0].get_ydata()) == pytest.approx([0.5, 2.0])
+    fig = plots.plot_latency_vs_sparsity(latency, by="source")
+    assert [line.get_label() for line in fig.axes[1].lines][:2] == ["a, batch 1", "b, batch 8"]
     with pytest.raises(ValueError, match="csr_ms"):
         plots.plot_latency_vs_sparsity(latency.drop(columns="csr_ms"))
+    with pytest.raises(ValueError, match="origin"):
+        plots.plot_latency_vs_sparsity(latency, by="origin")
