@@ -29,7 +29,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -38,20 +37,11 @@ import torch
 import torch.nn.functional as F
 
 import dynprune_lib as dp
+from _common import machine_info  # bench/ is sys.path[0] when run as a script
 
 BATCH = 32
 TRAIN_IMAGES = 50_000
 TARGET_OVERHEAD = 0.10
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_variants(sparsity: float, device: torch.device):
@@ -164,13 +154,8 @@ def main() -> None:
         "target_ratio": 1.0 + TARGET_OVERHEAD,
         "meets_target": ratio <= 1.0 + TARGET_OVERHEAD,
         "machine": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
+            **machine_info(),
             "device": str(device),
-            "threads": torch.get_num_threads(),
-            "cpu": cpu_name(),
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
             "loadavg_before": load_before,
             "loadavg_after": load_after,
         },

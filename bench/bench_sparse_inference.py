@@ -30,7 +30,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -39,6 +38,7 @@ from pathlib import Path
 import torch
 
 import dynprune_lib as dp
+from _common import machine_info  # bench/ is sys.path[0] when run as a script
 from dynprune_lib.inference import LayerChoice
 
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.99)
@@ -48,16 +48,6 @@ TARGETS = [  # (model, sparsity, batch, minimum speedup)
     ("MLP", 0.9, 1, 3.0),
     ("DynamicCNN", 0.95, 1, 2.0),
 ]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def build(name: str, sparsity: float) -> torch.nn.Module:
@@ -217,12 +207,8 @@ def main() -> None:
         "machine_contended": max(load_before[0], load_after[0]) > (os.cpu_count() or 1),
         "seconds": time.perf_counter() - start,
         "machine": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "cpu": cpu_name(),
-            "cpu_count": os.cpu_count(),
+            **machine_info(),
             "mkl": torch.backends.mkl.is_available(),
-            "platform": platform.platform(),
             "loadavg_before": load_before,
             "loadavg_after": load_after,
         },

@@ -22,20 +22,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 import dynprune_lib as dp
+from _common import machine_info  # bench/ is sys.path[0] when run as a script
 
 BATCH = 32
 TARGET_OVERHEAD = 0.05
@@ -147,14 +145,7 @@ def main() -> None:
         "torchvision_pipeline_vs_fit": {
             name: median[name] / median["fit"] for name in median if name.startswith("torchvision")
         },
-        "machine": {
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "numpy": np.__version__,
-            "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -106,8 +106,9 @@ class DynamicCNN(nn.Module):
 
     * ``pool_before_norm``: a stage's last convolution is followed by pooling
       *then* BatchNorm and ReLU (as in Keller Jordan's ``airbench``), so those two
-      run on a quarter of the activations; it changes the function only through
-      BatchNorm's statistics, not the layer shapes.
+      run on a quarter of the activations. Same layers and shapes; the function
+      differs slightly (BatchNorm's statistics are taken after pooling, and max
+      pooling commutes with BatchNorm only where its scale is positive).
     * ``channels_last``: the input is converted to ``torch.channels_last``, the
       layout oneDNN/cuDNN convolutions are fastest on (weights and masks keep the
       default layout, which the pruning schedulers rely on).

@@ -187,6 +187,15 @@ def test_every_method_trains_reaches_its_sparsity_and_resumes(tmp_path, method):
     assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), run.model.state_dict().values()))
 
 
+def test_dsr_period_schedule_follows_the_epochs_fit_runs(tmp_path):
+    """fit tells the scheduler the 0-based index of the epoch just finished: with periods
+    {epoch 0: 1, epoch 2: none} DSR updates at every step of epochs 1 and 2, not after."""
+    config = _config(epochs=3, dsr_period=((0.0, 1), (0.67, 0)))
+    run = ex.train_run(config, _data(), "dsr", run_dir=tmp_path, progress=False, verbose=False)
+    steps = sorted(set(run.log["step"]) - {0})
+    assert steps == list(range(1, 9))  # 4 steps per epoch
+
+
 def test_runs_are_deterministic_under_the_seed(tmp_path):
     data, config = _data(), _config()
     a = ex.train_run(config, data, "rigl", seed=3, run_dir=tmp_path / "a", progress=False, verbose=False)
