@@ -11,8 +11,8 @@ One epoch of BaselineCNN on CIFAR-10 at batch 32 on CPU, three ways, in one run:
   each sample through PIL and ``transforms.ToTensor()`` (what
   ``torchvision.datasets.CIFAR10`` does) behind a ``DataLoader``.
 
-The variants run interleaved ``--repeats`` times and medians are reported, so
-drifting machine load affects all of them alike. Target: ``fit`` within 5 %
+The variants run interleaved ``--repeats`` times, in a rotating order, and
+medians are reported, so drifting machine load affects all of them alike. Target: ``fit`` within 5 %
 of ``minimal``. Writes ``results/bench_training_loop.json``.
 
     python bench/bench_training_loop.py [--data PATH] [--repeats 3] [--train-images N]
@@ -126,9 +126,11 @@ def main() -> None:
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     run_fit(data.subset(2000, 1000, seed=0), 0)  # warm-up: allocator, oneDNN primitives
+    names = list(variants)
     for repeat in range(args.repeats):
-        for name, run in variants.items():
-            times[name].append(run(repeat))
+        # Rotate the order so no variant always follows the DataLoader workers' shutdown.
+        for name in names[repeat % len(names):] + names[: repeat % len(names)]:
+            times[name].append(variants[name](repeat))
             print(f"repeat {repeat + 1}/{args.repeats} {name}: {times[name][-1]:.2f} s", flush=True)
     median = {name: statistics.median(t) for name, t in times.items()}
     overhead = median["fit"] / median["minimal"] - 1

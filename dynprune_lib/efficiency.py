@@ -131,8 +131,9 @@ def storage_table(
     return table
 
 
-def _median_seconds(fn, seconds: float) -> float:
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+def _median_seconds(module: nn.Module, x: torch.Tensor, seconds: float) -> float:
+    """Median seconds of ``module(x)`` over ``torch.utils.benchmark`` blocks of about ``seconds``."""
+    timer = benchmark.Timer(stmt="module(x)", globals={"module": module, "x": x}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=seconds).median
 
 
@@ -175,8 +176,8 @@ def latency_table(
             raise RuntimeError(f"CSR model output differs from the dense one by {difference:g} at batch {batch}")
         dense_t, sparse_t = [], []
         for _ in range(rounds):
-            dense_t.append(_median_seconds(lambda: dense(x), seconds))
-            sparse_t.append(_median_seconds(lambda: sparse(x), seconds))
+            dense_t.append(_median_seconds(dense, x, seconds))
+            sparse_t.append(_median_seconds(sparse, x, seconds))
         d, s = statistics.median(dense_t), statistics.median(sparse_t)
         rows.append({
             "batch": batch, "dense_ms": 1e3 * d, "csr_ms": 1e3 * s, "speedup": d / s,

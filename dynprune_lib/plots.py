@@ -260,7 +260,8 @@ def plot_dynamic_pruning_process(*, title: str | None = None) -> Figure:
     ax.text(cx0, cy0, "repeat every P steps\nuntil the last epoch\n(number of live weights\nstays constant)",
             ha="center", va="center", fontsize=9, color="0.3")
     start = box(1.3, 5.6, "Initialise", "sparse layers with a\nrandom mask M at\nsparsity s; threshold H", "#e3f1de")
-    export = box(9.6, 5.6, "Export", "pruned weights as CSR\n(save_sparse); sparsity\nadjustable at inference", "#e3f1de")
+    export = box(9.6, 5.6, "Export", "pruned weights as CSR\n(save_sparse); sparsity\nadjustable at inference",
+                 "#e3f1de")
     arrow(start, steps[0])
     arrow(steps[0], export)
     ax.text(7.85, 5.72, "after the\nlast epoch", ha="center", va="bottom", fontsize=8, style="italic")
@@ -420,11 +421,13 @@ def plot_accuracy_vs_sparsity(
     return fig
 
 
-def plot_latency_vs_sparsity(latency: pd.DataFrame, *, by: str | None = None, title: str | None = None) -> Figure:
-    """Dense vs CSR forward time (left, log scale) and the speed-up (right) against sparsity,
-    one line per batch size (and per value of the column ``by``, e.g. ``"source"``).
-    ``latency`` has ``sparsity``, ``batch``, ``dense_ms`` and ``csr_ms``."""
-    needed = {"sparsity", "batch", "dense_ms", "csr_ms"} | ({by} if by else set())
+def plot_latency_vs_sparsity(
+    latency: pd.DataFrame, *, x: str = "sparsity", by: str | None = None, title: str | None = None
+) -> Figure:
+    """Dense vs CSR forward time (left, log scale) and the speed-up (right) against sparsity
+    (column ``x``, e.g. ``"sparsity_target"``), one line per batch size and per value of the
+    column ``by`` (e.g. ``"source"``). ``latency`` also has ``batch``, ``dense_ms``, ``csr_ms``."""
+    needed = {x, "batch", "dense_ms", "csr_ms"} | ({by} if by else set())
     missing = needed - set(latency.columns)
     if missing:
         raise ValueError(f"latency lacks the columns {sorted(missing)}")
@@ -433,13 +436,13 @@ def plot_latency_vs_sparsity(latency: pd.DataFrame, *, by: str | None = None, ti
     for key, part in latency.groupby(keys, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         name = f"{key[0]}, batch {key[1]}" if by else f"batch {key[0]}"
-        part = part.sort_values("sparsity")
-        x = 1.0 - part["sparsity"].to_numpy()
-        (line,) = ax_t.plot(x, part["dense_ms"], marker="o", linestyle=":", label=f"dense: {name}")
-        ax_t.plot(x, part["csr_ms"], marker="s", color=line.get_color(), label=f"CSR: {name}")
-        ax_s.plot(x, part["dense_ms"] / part["csr_ms"], marker="s", color=line.get_color(), label=name)
+        part = part.sort_values(x)
+        density = 1.0 - part[x].to_numpy()
+        (line,) = ax_t.plot(density, part["dense_ms"], marker="o", linestyle=":", label=f"dense: {name}")
+        ax_t.plot(density, part["csr_ms"], marker="s", color=line.get_color(), label=f"CSR: {name}")
+        ax_s.plot(density, part["dense_ms"] / part["csr_ms"], marker="s", color=line.get_color(), label=name)
     for ax in (ax_t, ax_s):
-        _sparsity_axis(ax, [round(s, 3) for s in latency["sparsity"]])
+        _sparsity_axis(ax, [round(s, 3) for s in latency[x]])
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     ax_t.set_yscale("log")

@@ -359,8 +359,9 @@ class DSR(_MaskScheduler):
         H = self.threshold
         survive, candidates, n_pruned, n_survive = [], [], [], []
         for layer in self.layers.values():
-            mask = layer.mask
-            mag = layer.weight.detach().abs()
+            # Contiguous copies so the flat views below also work for channels_last models.
+            mask = layer.mask.contiguous()
+            mag = layer.weight.detach().abs().contiguous()
             prune = mask & (mag < H)
             n_live = int(mask.sum().item())
             if n_live and int(prune.sum().item()) == n_live:  # keep the largest one

@@ -246,37 +246,36 @@ def fit(
 
 def _train_one_epoch(model, loader, optimizer, loss_fn, pruner, device, epoch, bars):
     model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    count = 0
-    pending: list[torch.Tensor] = []  # losses not yet checked for NaN/inf
-    first_pending_step = 1
+    # Per-step statistics stay on the device and are reduced once per epoch:
+    # reading them every step would synchronise CUDA and cost time on CPU too.
+    losses: list[torch.Tensor] = []
+    corrects: list[torch.Tensor] = []
+    sizes: list[int] = []
     batches = _tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False) if bars else loader
-    step = 0
     for step, (images, labels) in enumerate(batches, start=1):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         logits = model(images)
         loss = loss_fn(logits, labels)
-        pending.append(loss.detach())
-        if len(pending) == _FINITE_CHECK_EVERY:
-            _check_finite(pending, epoch, first_pending_step)
-            pending.clear()
-            first_pending_step = step + 1
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if pruner is not None:
             pruner.step()
-        with torch.no_grad():
-            loss_sum += loss.detach().double() * labels.numel()
-            correct += (logits.argmax(dim=1) == labels).sum()
-        count += labels.numel()
-    if pending:
-        _check_finite(pending, epoch, first_pending_step)
-    if count == 0:
+        losses.append(loss.detach())
+        corrects.append((logits.detach().argmax(dim=1) == labels).sum())
+        sizes.append(labels.numel())
+        if step % _FINITE_CHECK_EVERY == 0:
+            _check_finite(losses[-_FINITE_CHECK_EVERY:], epoch, step - _FINITE_CHECK_EVERY + 1)
+    if not losses:
         raise ValueError("the training loader yielded no batches")
-    return loss_sum.item() / count, correct.item() / count
+    tail = len(losses) % _FINITE_CHECK_EVERY
+    if tail:
+        _check_finite(losses[-tail:], epoch, len(losses) - tail + 1)
+    count = sum(sizes)
+    weights = torch.tensor(sizes, dtype=torch.float64, device=device)
+    loss_sum = (torch.stack(losses).double() * weights).sum()
+    return loss_sum.item() / count, torch.stack(corrects).sum().item() / count
 
 
 def _check_finite(losses: list[torch.Tensor], epoch: int, first_step: int) -> None:

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-import torch.nn.utils.prune as prune
 from torch import nn
+from torch.nn.utils import prune
 
 import dynprune_lib as dp
 from dynprune_lib import efficiency as ef

@@ -39,8 +39,8 @@ def _data(n_train: int = 64, n_test: int = 32, seed: int = 0) -> dp.CIFAR10Data:
 def _config(**changes) -> ex.ExperimentConfig:
     """The smoke CNN profile on 8 steps (2 epochs of 4 batches), every scheduler active."""
     base = ex.experiment_profile("dynamic_cnn", "smoke")
-    settings = dict(epochs=2, batch_size=16, eval_batch_size=32, dsr_period=((0.0, 1),), regrow_period=1,
-                    gradual=(0.25, 0.75), gradual_every=1)
+    settings = {"epochs": 2, "batch_size": 16, "eval_batch_size": 32, "dsr_period": ((0.0, 1),),
+                "regrow_period": 1, "gradual": (0.25, 0.75), "gradual_every": 1}
     return dataclasses.replace(base, **{**settings, **changes})
 
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
-
-from dynprune_lib import plots  # noqa: E402
+from dynprune_lib import plots
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +92,8 @@ def test_accuracy_and_latency_against_sparsity():
     fig = plots.plot_latency_vs_sparsity(latency)
     speed = fig.axes[1]
     assert list(speed.lines[0].get_ydata()) == pytest.approx([0.5, 2.0])
-    fig = plots.plot_latency_vs_sparsity(latency, by="source")
+    fig = plots.plot_latency_vs_sparsity(latency.rename(columns={"sparsity": "sparsity_target"}),
+                                         x="sparsity_target", by="source")
     assert [line.get_label() for line in fig.axes[1].lines][:2] == ["a, batch 1", "b, batch 8"]
     with pytest.raises(ValueError, match="csr_ms"):
         plots.plot_latency_vs_sparsity(latency.drop(columns="csr_ms"))

@@ -106,6 +106,20 @@ def test_dsr_conserves_live_weights_and_prunes_as_many_as_it_grows():
     assert per_update.pruned.sum() > 100  # it did rewire
 
 
+def test_dsr_works_on_a_channels_last_model():
+    reference = tiny_model()
+    model = tiny_model().to(memory_format=torch.channels_last)
+    results = []
+    for net in (reference, model):
+        opt = torch.optim.SGD(net.parameters(), lr=0.2, momentum=0.9)
+        pruner = DSR(net, opt, n_prune=40, period=2, seed=3)
+        train(net, opt, pruner, batches(10))
+        results.append(masks(net))
+    assert model[0].mask.is_contiguous(memory_format=torch.channels_last)
+    for name in results[0]:  # the memory layout changes nothing in the masks DSR picks
+        assert torch.equal(results[0][name], results[1][name]), name
+
+
 @pytest.mark.parametrize(
     "k, expected_factor",
     [(12, 0.5), (11, 1.0), (10, 1.0), (9, 1.0), (8, 2.0), (0, 2.0)],
