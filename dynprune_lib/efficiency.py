@@ -24,7 +24,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils import benchmark
 
 from .csr import accuracy_after_roundtrip, plain_csr_nbytes, save_sparse
 from .inference import LayerChoice, to_sparse_inference
@@ -133,6 +132,10 @@ def storage_table(
 
 def _median_seconds(module: nn.Module, x: torch.Tensor, seconds: float) -> float:
     """Median seconds of ``module(x)`` over ``torch.utils.benchmark`` blocks of about ``seconds``."""
+    # Imported here: torch.utils.benchmark pulls in cpp_extension, which warns on
+    # CPU-only machines at import time.
+    from torch.utils import benchmark
+
     timer = benchmark.Timer(stmt="module(x)", globals={"module": module, "x": x}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=seconds).median
 

@@ -14,12 +14,7 @@ from dynprune_lib import efficiency as ef
 from dynprune_lib.layers import sparse_modules
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sparse_cnn(sparsity: float = 0.9) -> nn.Module:

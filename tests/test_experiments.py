@@ -18,13 +18,7 @@ from dynprune_lib.efficiency import sparsity_summary
 from dynprune_lib.layers import erk_sparsities, sparse_modules
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and are not slowed by a busy machine's other jobs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n_train: int = 64, n_test: int = 32, seed: int = 0) -> dp.CIFAR10Data:

@@ -23,13 +23,7 @@ from dynprune_lib.schedulers import DSR, SET, MagnitudePruning, RigL, allocate_p
 # --------------------------------------------------------------------------- #
 # helpers
 # --------------------------------------------------------------------------- #
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids oversubscribing the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed: int = 0, sparsity: float = 0.7) -> nn.Sequential:
