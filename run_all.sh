@@ -11,17 +11,18 @@
 # Finished training runs are checkpointed under build/runs/, so re-running
 # after an interruption resumes instead of starting over.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")"
-
+# A relative data path means relative to where the command was typed.
+[[ -n "${DYNPRUNE_DATA:-}" ]] && DYNPRUNE_DATA="$(realpath -m "${DYNPRUNE_DATA}")"
 only=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --only) only="${2:?--only needs a notebook number, e.g. 01}"; shift 2 ;;
-        --data) export DYNPRUNE_DATA="${2:?--data needs a path}"; shift 2 ;;
+        --data) export DYNPRUNE_DATA="$(realpath -m "${2:?--data needs a path}")"; shift 2 ;;
         -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "run_all.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
 done
+cd "$(dirname "${BASH_SOURCE[0]}")"
 
 source scripts/setup_env.sh
 export DYNPRUNE_PROGRESS=0

@@ -6,6 +6,8 @@
 #   ./run_tests.sh              # everything
 #   ./run_tests.sh -k csr       # extra arguments go to pytest
 set -euo pipefail
+# A relative data path means relative to where the command was typed.
+[[ -n "${DYNPRUNE_DATA:-}" ]] && DYNPRUNE_DATA="$(realpath -m "${DYNPRUNE_DATA}")"
 cd "$(dirname "${BASH_SOURCE[0]}")"
 source scripts/setup_env.sh
 

@@ -53,3 +53,16 @@ if [[ ! -f "${_stamp}" || "$(cat "${_stamp}")" != "${_want}" ]]; then
 else
     _log "environment up to date (${PY})"
 fi
+
+# Notebooks run with notebooks/ as their working directory, so a relative data
+# path (or the default ./data) must be made absolute against the repository.
+if [[ -n "${DYNPRUNE_DATA:-}" ]]; then
+    if [[ ! -e "${DYNPRUNE_DATA}" ]]; then
+        _log "error: DYNPRUNE_DATA=${DYNPRUNE_DATA} does not exist (see README, 'Data')"
+        return 1 2>/dev/null || exit 1
+    fi
+    DYNPRUNE_DATA="$(cd "$(dirname "${DYNPRUNE_DATA}")" && pwd)/$(basename "${DYNPRUNE_DATA}")"
+    export DYNPRUNE_DATA
+elif [[ -e "${_root}/data" ]]; then
+    export DYNPRUNE_DATA="${_root}/data"
+fi
