@@ -528,14 +528,9 @@ def run_methods(
 ) -> list[Run]:
     """Every method (default ``config.methods``) for every seed (default ``config.seeds``), all at
     ``config.sparsity``: the fair comparison (same network, data, schedule, epochs, seeds)."""
-    runs = []
-    for method in config.methods if methods is None else methods:
-        for seed in config.seeds if seeds is None else seeds:
-            if verbose:
-                print(f"== {method}, seed {seed}", flush=True)
-            runs.append(train_run(config, data, method, seed=seed, device=device, run_dir=run_dir,
-                                  progress=progress, verbose=verbose))
-    return runs
+    jobs = [(method, seed, None) for method in (config.methods if methods is None else methods)
+            for seed in (config.seeds if seeds is None else seeds)]
+    return _train_all(config, data, jobs, device=device, run_dir=run_dir, progress=progress, verbose=verbose)
 
 
 def sparsity_sweep(
@@ -552,17 +547,22 @@ def sparsity_sweep(
 ) -> list[Run]:
     """The dense model and ``method`` retrained at each of ``sparsities`` (default
     ``config.sparsities``), for every seed: accuracy against sparsity."""
-    runs = []
+    jobs = []
     for seed in config.seeds if seeds is None else seeds:
+        jobs.append(("dense", seed, None))
+        jobs += [(method, seed, s) for s in (config.sparsities if sparsities is None else sparsities)]
+    return _train_all(config, data, jobs, device=device, run_dir=run_dir, progress=progress, verbose=verbose)
+
+
+def _train_all(config, data, jobs, *, device, run_dir, progress, verbose) -> list[Run]:
+    """``train_run`` for each (method, seed, sparsity or None for the config's), announcing each."""
+    runs = []
+    for method, seed, sparsity in jobs:
         if verbose:
-            print(f"== dense, seed {seed}", flush=True)
-        runs.append(train_run(config, data, "dense", seed=seed, device=device, run_dir=run_dir,
-                              progress=progress, verbose=verbose))
-        for s in config.sparsities if sparsities is None else sparsities:
-            if verbose:
-                print(f"== {method} at sparsity {s:g}, seed {seed}", flush=True)
-            runs.append(train_run(config, data, method, seed=seed, sparsity=s, device=device, run_dir=run_dir,
-                                  progress=progress, verbose=verbose))
+            at = "" if sparsity is None else f" at sparsity {sparsity:g}"
+            print(f"== {method}{at}, seed {seed}", flush=True)
+        runs.append(train_run(config, data, method, seed=seed, sparsity=sparsity, device=device,
+                              run_dir=run_dir, progress=progress, verbose=verbose))
     return runs
 
 
