@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
 # Reproduce everything: set up the environment (first run only), then execute
-# every numbered notebook headlessly with papermill, in order. Executed
-# notebooks go to build/notebooks/, figures to figures/, tables to results/;
-# finally the README's results table is regenerated from results/.
+# every numbered notebook headlessly with papermill, in order, and write
+# build/report.html. Executed notebooks go to build/notebooks/, figures to
+# figures/, tables to results/; the README's results table is regenerated.
 #
-#   ./run_all.sh                 # all notebooks
-#   ./run_all.sh --only 01       # just notebooks/01_*.ipynb
-#   ./run_all.sh --data PATH     # CIFAR-10 location (else $DYNPRUNE_DATA, ./data)
+#   ./run_all.sh                    # every notebook, default profile (gpu with CUDA, else cpu)
+#   ./run_all.sh --profile smoke    # minutes: tiny data, one epoch; outputs in build/smoke/ only
+#   ./run_all.sh --only 02          # just notebooks/02_*.ipynb (repeatable, or --only 01,03)
+#   ./run_all.sh --seeds 0,1,2      # seeds for every notebook (default: each profile's)
+#   ./run_all.sh --data PATH        # CIFAR-10 location (else $DYNPRUNE_DATA, ./data)
+#   ./run_all.sh --force            # re-execute up-to-date notebooks and retrain their runs
 #
-# Finished training runs are checkpointed under build/runs/, so re-running
-# after an interruption resumes instead of starting over.
+# Resumable: a notebook whose executed copy matches the notebook, its
+# parameters, the library and the data is skipped, and training runs
+# checkpoint every epoch under build/runs/, so re-running after an
+# interruption continues where it stopped.
 set -euo pipefail
 # A relative data path means relative to where the command was typed.
 [[ -n "${DYNPRUNE_DATA:-}" ]] && DYNPRUNE_DATA="$(realpath -m "${DYNPRUNE_DATA}")"
-only=""
+args=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --only) only="${2:?--only needs a notebook number, e.g. 01}"; shift 2 ;;
         --data) export DYNPRUNE_DATA="$(realpath -m "${2:?--data needs a path}")"; shift 2 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
-        *) echo "run_all.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        *) args+=("$1"); shift ;;
     esac
 done
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -27,29 +31,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 source scripts/setup_env.sh
 export DYNPRUNE_PROGRESS=0
 export MPLBACKEND=Agg
-mkdir -p build/notebooks figures results
-
-shopt -s nullglob
-notebooks=(notebooks/${only:-[0-9][0-9]}_*.ipynb)
-if [[ ${#notebooks[@]} -eq 0 ]]; then
-    echo "run_all.sh: no notebook matches notebooks/${only:-NN}_*.ipynb" >&2
-    exit 2
-fi
-
-total_start=${SECONDS}
-for nb in "${notebooks[@]}"; do
-    name="$(basename "${nb}")"
-    out="build/notebooks/${name}"
-    echo "==> ${name}"
-    start=${SECONDS}
-    if ! "${PY}" -m papermill --cwd notebooks --kernel "${DYNPRUNE_KERNEL}" --log-output --no-progress-bar \
-            "${nb}" "${out}" 2> >(grep --line-buffered -v "Kernel is running over TCP" >&2); then
-        "${PY}" scripts/notebook_error.py "${out}" >&2 || true
-        echo "run_all.sh: ${name} FAILED after $((SECONDS - start)) s; executed copy: ${out}" >&2
-        exit 1
-    fi
-    echo "<== ${name} done in $((SECONDS - start)) s"
-done
-
-"${PY}" scripts/update_readme.py
-echo "all done in $((SECONDS - total_start)) s: figures in figures/, tables in results/, notebooks in build/notebooks/"
+exec "${PY}" scripts/run_notebooks.py --kernel "${DYNPRUNE_KERNEL}" ${args[@]+"${args[@]}"}

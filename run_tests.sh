@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The test command: set up the environment (first run only), then run pytest
-# over the library tests and, via nbval, over every notebook executed with
-# smoke parameters (a small data subset, one epoch) into build/smoke/.
+# The test command: set up the environment (first run only), run the smoke
+# profile end to end (every notebook on a small data subset for one epoch, and
+# its report, all under build/smoke/), then pytest over the library tests and,
+# via nbval, over every notebook with the same smoke parameters.
 #
 #   ./run_tests.sh              # everything
 #   ./run_tests.sh -k csr       # extra arguments go to pytest
@@ -13,18 +14,14 @@ source scripts/setup_env.sh
 
 export DYNPRUNE_PROGRESS=0
 export MPLBACKEND=Agg
-smoke="$(pwd)/build/smoke"
-rm -rf "${smoke}" build/nbval
-mkdir -p "${smoke}" build/nbval
+rm -rf build/smoke build/nbval
 
-# papermill --prepare-only injects the smoke parameters without executing;
-# nbval then executes the prepared copies (outputs go to build/smoke, never to
-# the committed figures/ and results/).
-for nb in notebooks/[0-9][0-9]_*.ipynb; do
-    "${PY}" -m papermill --prepare-only --log-level WARNING "${nb}" "build/nbval/$(basename "${nb}")" \
-        -p epochs 1 -p train_subset 2000 -p test_subset 500 -p profile smoke \
-        -p figures_dir "${smoke}/figures" -p results_dir "${smoke}/results" -p run_dir "${smoke}/runs" \
-        2> >(grep -v "Passed unknown parameter" >&2)
-done
+# The smoke profile as a user runs it (./run_all.sh --profile smoke); the
+# report test checks build/smoke/report.html against build/smoke/figures.
+"${PY}" scripts/run_notebooks.py --profile smoke --kernel "${DYNPRUNE_KERNEL}"
+export DYNPRUNE_SMOKE_DIR="$(pwd)/build/smoke"
 
+# nbval executes copies with the smoke parameters injected (papermill
+# --prepare-only); their outputs go to build/smoke, never to figures/ or results/.
+"${PY}" scripts/run_notebooks.py --profile smoke --prepare-only build/nbval
 exec "${PY}" -m pytest tests build/nbval --nbval-lax --timeout 900 "$@"

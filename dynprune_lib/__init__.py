@@ -18,7 +18,7 @@ from .data import CIFAR10_CLASSES, BatchLoader, CIFAR10Data, DataError, channel_
 from .models import BaselineCNN, DynamicCNN, MLP, WideResNet
 from .layers import DynamicConv2d, DynamicLinear, densify, erk_sparsities, sparse_modules, sparsify
 from .inference import to_sparse_inference
-from .paper import PAPER, compare_with_paper
+from .paper import PAPER, compare_with_paper, run_conditions
 from .plots import (
     plot_accuracy_vs_sparsity,
     plot_aspect_scores,
@@ -39,6 +39,7 @@ from .train import (
     TrainingDivergedError,
     evaluate,
     fit,
+    hardware_name,
     load_checkpoint,
     progress_enabled,
     resolve_device,

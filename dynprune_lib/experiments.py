@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from .data import BatchLoader, CIFAR10Data
-from .efficiency import inference_sparsity_sweep, latency_table, sparsity_summary
+from .efficiency import inference_sparsity_sweep, latency_table, sparsity_summary, storage_table
 from .layers import erk_sparsities, sparse_modules
 from .models import MLP, BaselineCNN, DynamicCNN
 from .paper import PAPER
@@ -72,6 +72,7 @@ __all__ = [
     "paper_marks",
     "run_latency",
     "run_methods",
+    "run_storage",
     "run_table",
     "sparse_layer_target",
     "sparsity_claim_table",
@@ -537,7 +538,7 @@ def sparsity_sweep(
     config: ExperimentConfig,
     data: CIFAR10Data,
     *,
-    method: str = "dsr",
+    methods: Sequence[str] | None = None,
     sparsities: Sequence[float] | None = None,
     seeds: Sequence[int] | None = None,
     device: str | torch.device = "cpu",
@@ -545,12 +546,16 @@ def sparsity_sweep(
     progress: bool | None = None,
     verbose: bool = True,
 ) -> list[Run]:
-    """The dense model and ``method`` retrained at each of ``sparsities`` (default
-    ``config.sparsities``), for every seed: accuracy against sparsity."""
+    """The dense model and each of ``methods`` (default: ``config.methods`` other than
+    ``dense``) retrained at each of ``sparsities`` (default ``config.sparsities``), for
+    every seed: accuracy against sparsity."""
+    methods = [m for m in (config.methods if methods is None else methods) if m != "dense"]
+    if not methods:
+        raise ValueError("sparsity_sweep needs at least one pruning method besides 'dense'")
     jobs = []
     for seed in config.seeds if seeds is None else seeds:
         jobs.append(("dense", seed, None))
-        jobs += [(method, seed, s) for s in (config.sparsities if sparsities is None else sparsities)]
+        jobs += [(m, seed, s) for m in methods for s in (config.sparsities if sparsities is None else sparsities)]
     return _train_all(config, data, jobs, device=device, run_dir=run_dir, progress=progress, verbose=verbose)
 
 
@@ -725,19 +730,29 @@ def target_table(
     return table
 
 
+def _tagged(run: Run, table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the run's method, target sparsity, seed and measured sparsity in front."""
+    return pd.concat([pd.DataFrame({
+        "method": run.method, "sparsity_target": math.nan if run.sparsity is None else run.sparsity,
+        "seed": run.seed, "sparsity": sparsity_summary(run.model)["sparse_layers"],
+    }, index=table.index), table], axis=1)
+
+
 def run_latency(runs: Sequence[Run], *, device: str | torch.device = "cpu") -> pd.DataFrame:
     """:func:`~dynprune_lib.efficiency.latency_table` of every run's model at its config's
-    ``latency_batches``, with the run's method, target sparsity, seed and measured sparsity."""
-    frames = []
-    for run in runs:
-        table = latency_table(run.model, run.config.latency_batches, seconds=run.config.latency_seconds,
-                              device=device)
-        table.insert(0, "sparsity", sparsity_summary(run.model)["sparse_layers"])
-        table.insert(0, "seed", run.seed)
-        table.insert(0, "sparsity_target", math.nan if run.sparsity is None else run.sparsity)
-        table.insert(0, "method", run.method)
-        frames.append(table)
-    return pd.concat(frames, ignore_index=True)
+    ``latency_batches``, tagged with the run (:func:`_tagged`)."""
+    return pd.concat([
+        _tagged(run, latency_table(run.model, run.config.latency_batches, seconds=run.config.latency_seconds,
+                                   device=device))
+        for run in runs
+    ], ignore_index=True)
+
+
+def run_storage(runs: Sequence[Run], directory: str | os.PathLike[str]) -> pd.DataFrame:
+    """:func:`~dynprune_lib.efficiency.storage_table` of every run's model (files under
+    ``directory``), tagged with the run (:func:`_tagged`)."""
+    return pd.concat([_tagged(run, storage_table(run.model, directory, name=run.checkpoint.stem)) for run in runs],
+                     ignore_index=True)
 
 
 def inference_sweep(

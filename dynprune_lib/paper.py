@@ -7,10 +7,18 @@ column of comparison tables and as reference marks on figures.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
+import torch
 
-__all__ = ["PAPER", "compare_with_paper"]
+from .train import hardware_name
+
+if TYPE_CHECKING:
+    from .data import CIFAR10Data
+
+__all__ = ["PAPER", "compare_with_paper", "run_conditions"]
 
 #: Section 3.1, baseline CNN on CIFAR-10 after 10 epochs.
 #: Section 3.2, dynamic-pruning CNN: test accuracy after epochs 1 and 4, best
@@ -24,6 +32,15 @@ PAPER: Mapping[str, Mapping[str, float]] = {
         "final test_acc": 0.7701,
     },
 }
+
+
+def run_conditions(data: "CIFAR10Data", device: str | torch.device, **extra: object) -> dict[str, object]:
+    """What a result was measured under, for the "conditions" column: the data copy and its
+    size, ``extra`` (epochs, seeds, sparsity, network...), the device, the hardware and torch."""
+    return {
+        "data": Path(data.source).name, "train_images": len(data.train_labels), "test_images": len(data.test_labels),
+        **extra, "device": torch.device(device).type, "hardware": hardware_name(device), "torch": torch.__version__,
+    }
 
 
 def _ours(history: pd.DataFrame, metric: str) -> float:

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 __all__ = [
     "plot_accuracy_vs_sparsity",
+    "plot_accuracy_vs_sparsity_by_method",
     "plot_aspect_scores",
     "plot_deletion_curves",
     "plot_dynamic_pruning_process",
@@ -28,6 +29,8 @@ __all__ = [
     "plot_learning_curves",
     "plot_method_comparison",
     "plot_pruning_log",
+    "plot_storage_vs_sparsity",
+    "plot_training_time",
     "save_figure",
 ]
 
@@ -449,6 +452,89 @@ def plot_latency_vs_sparsity(
     ax_t.set_ylabel("forward time (ms)")
     ax_s.axhline(1.0, color="0.3", linewidth=1)
     ax_s.set_ylabel("speed-up of CSR over dense (x)")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _by_model(table: pd.DataFrame, needed: set[str], what: str) -> list[tuple[str, pd.DataFrame]]:
+    missing = needed - set(table.columns)
+    if missing:
+        raise ValueError(f"{what} lacks the columns {sorted(missing)}")
+    if table.empty:
+        raise ValueError(f"{what} is empty")
+    return list(table.groupby("model", sort=False))
+
+
+def plot_accuracy_vs_sparsity_by_method(table: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Final test accuracy against measured sparsity, one panel per model, one line per method
+    (min-max bars over seeds); dense models sit at sparsity 0.
+
+    ``table`` is :func:`dynprune_lib.analysis.accuracy_sparsity_table`.
+    """
+    groups = _by_model(table, {"model", "method", "sparsity", "final_test_acc"}, "table")
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.2 * len(groups), 4.4), layout="constrained", squeeze=False)
+    for ax, (model, part) in zip(axes[0], groups):
+        for method, rows in part.groupby("method", sort=False):
+            rows = rows.sort_values("sparsity")
+            density = np.maximum(1.0 - rows["sparsity"].to_numpy(), 1e-4)
+            acc = rows["final_test_acc"].to_numpy()
+            lo = rows.get("final_test_acc_min", rows["final_test_acc"]).fillna(rows["final_test_acc"]).to_numpy()
+            hi = rows.get("final_test_acc_max", rows["final_test_acc"]).fillna(rows["final_test_acc"]).to_numpy()
+            style = {"linestyle": "none", "marker": "D", "color": "0.2"} if method == "dense" else {"marker": "o"}
+            ax.errorbar(density, acc, yerr=[acc - lo, hi - acc], capsize=3, label=method, **style)
+        _sparsity_axis(ax, [0.0] + [round(s, 3) for s in part["sparsity"] if s > 0.01])
+        ax.set_ylabel("final test accuracy")
+        ax.set_title(model)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_storage_vs_sparsity(table: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """File size against sparsity per storage format, one panel per model (log scale).
+
+    ``table`` is :func:`dynprune_lib.analysis.storage_sparsity_table`.
+    """
+    groups = _by_model(table, {"model", "sparsity", "format", "bytes"}, "table")
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.2 * len(groups), 4.4), layout="constrained", squeeze=False)
+    for ax, (model, part) in zip(axes[0], groups):
+        for fmt, rows in part.groupby("format", sort=False):
+            rows = rows.groupby("sparsity", as_index=False)["bytes"].mean().sort_values("sparsity")
+            ax.plot(np.maximum(1.0 - rows["sparsity"].to_numpy(), 1e-4), rows["bytes"] / 1e6, marker="o", label=fmt)
+        _sparsity_axis(ax, [0.0] + [round(s, 3) for s in part["sparsity"] if s > 0.01])
+        ax.set_yscale("log")
+        ax.set_ylabel("file size (MB)")
+        ax.set_title(model)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_training_time(table: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Training wall time per method as horizontal bars, one panel per model.
+
+    ``table`` is :func:`dynprune_lib.analysis.training_time_table`.
+    """
+    groups = _by_model(table, {"model", "method", "minutes"}, "table")
+    heights = [max(1.6, 0.32 * len(part) + 0.8) for _, part in groups]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(8.0, sum(heights)), layout="constrained", squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (model, part) in zip(axes[:, 0], groups):
+        y = np.arange(len(part))
+        ax.barh(y, part["minutes"], color="tab:blue")
+        for yi, m in zip(y, part["minutes"]):
+            ax.text(m, yi, f" {m:.1f} min", va="center", fontsize=8)
+        ax.set_yticks(y, part["method"], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, float(part["minutes"].max()) * 1.25)
+        ax.set_title(model, fontsize=10)
+        ax.grid(True, axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("training wall time (minutes, this machine)")
     if title:
         fig.suptitle(title)
     return fig

@@ -10,6 +10,7 @@ interrupted run resumes and ends with the same history, bit for bit on CPU.
 from __future__ import annotations
 
 import os
+import platform
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -27,6 +28,7 @@ __all__ = [
     "TrainingDivergedError",
     "evaluate",
     "fit",
+    "hardware_name",
     "load_checkpoint",
     "progress_enabled",
     "resolve_device",
@@ -85,6 +87,22 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={str(device)!r} was requested but CUDA is not available")
     return device
+
+
+def hardware_name(device: str | torch.device | None = None) -> str:
+    """What ``device`` is, for the record: the GPU's name, or the CPU model and torch's thread count."""
+    device = resolve_device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {torch.get_num_threads()} threads"
 
 
 def progress_enabled(progress: bool | None = None) -> bool:

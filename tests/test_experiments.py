@@ -296,6 +296,27 @@ def test_inference_sweep_and_run_latency_label_their_rows(tmp_path):
     assert list(latency["method"]) == ["dense", "dsr"] and (latency["csr_ms"] > 0).all()
     table = ex.run_table(runs)
     assert table.loc[1, "linear_sparsity"] >= 0.5 and table.loc[0, "linear_sparsity"] == 0.0
+    storage = ex.run_storage(runs, tmp_path / "export")
+    assert list(storage["method"].unique()) == ["dense", "dsr"]
+    assert storage["sparsity"].tolist() == pytest.approx(
+        [sparsity_summary(r.model)["sparse_layers"] for r in runs for _ in range(4)])
+    written = storage[storage["file"] != ""]
+    assert [(tmp_path / "export" / f).stat().st_size for f in written["file"]] == written["bytes"].tolist()
+    csr = storage[storage["format"].str.startswith("CSR float32")].set_index("method")["bytes"]
+    assert csr["dsr"] < csr["dense"]  # half the weights gone: a smaller CSR file
+
+
+def test_sparsity_sweep_runs_every_pruning_method_at_every_sparsity(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ex, "train_run", lambda config, data, method, *, seed, sparsity, **_: calls.append(
+        (method, seed, sparsity)))
+    config = dataclasses.replace(ex.experiment_profile("dynamic_mlp", "smoke"), seeds=(0, 1),
+                                 methods=("dense", "dsr", "set"), sparsities=(0.5, 0.9))
+    ex.sparsity_sweep(config, _data(), run_dir=tmp_path, verbose=False)
+    assert calls == [(m, seed, s) for seed in (0, 1)
+                     for m, s in [("dense", None), ("dsr", 0.5), ("dsr", 0.9), ("set", 0.5), ("set", 0.9)]]
+    with pytest.raises(ValueError, match="besides 'dense'"):
+        ex.sparsity_sweep(config, _data(), methods=["dense"], run_dir=tmp_path)
 
 
 def test_paper_marks_come_from_the_paper_table():

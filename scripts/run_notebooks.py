@@ -1,0 +1,225 @@
+"""Execute the numbered notebooks headlessly with papermill, resumably, then write the report.
+
+Called by ``run_all.sh`` (execute) and ``run_tests.sh`` (``--prepare-only`` for
+nbval, and the smoke profile end to end). One place decides what each profile
+passes to the notebooks:
+
+* ``smoke``: one epoch on a 2,000/500-image subset with each notebook's smoke
+  workload; every output goes under ``build/smoke/`` (never the committed
+  ``figures/`` and ``results/``).
+* ``cpu`` / ``gpu``: the notebooks' full workloads, writing ``figures/`` and
+  ``results/``; checkpoints stay in each notebook's own ``run_dir``.
+
+A notebook is skipped when its executed copy exists and was produced from the
+same notebook, parameters, library source and data (a stamp beside it);
+``--force`` re-executes it and deletes its training checkpoints first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+PROFILES = ("smoke", "cpu", "gpu")
+#: What the smoke profile changes beyond ``profile``: tiny data, one epoch.
+SMOKE_PARAMETERS = {"epochs": 1, "train_subset": 2000, "test_subset": 500}
+
+
+def default_profile() -> str:
+    """``gpu`` when CUDA is available, else ``cpu``."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def select_notebooks(only: list[str] | None) -> list[Path]:
+    """The numbered notebooks, in order; ``only`` keeps those whose number (``"02"``) is listed."""
+    notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        wanted = {n.zfill(2) for n in only}
+        unknown = wanted - {p.name[:2] for p in notebooks}
+        if unknown:
+            raise SystemExit(f"run_notebooks: no notebook numbered {', '.join(sorted(unknown))} in {NOTEBOOKS}")
+        notebooks = [p for p in notebooks if p.name[:2] in wanted]
+    return notebooks
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a profile's outputs go; ``runs`` None keeps each notebook's own ``run_dir``."""
+
+    figures: Path
+    results: Path
+    notebooks: Path
+    report: Path
+    runs: Path | None
+
+
+def layout(profile: str) -> Layout:
+    """``build/smoke/...`` for the smoke profile, the committed folders otherwise."""
+    if profile == "smoke":
+        base = ROOT / "build" / "smoke"
+        return Layout(base / "figures", base / "results", base / "notebooks", base / "report.html", base / "runs")
+    return Layout(ROOT / "figures", ROOT / "results", ROOT / "build" / "notebooks", ROOT / "build" / "report.html", None)
+
+
+def declared_parameters(notebook: Path) -> dict[str, object]:
+    """The notebook's ``parameters`` cell as {name: default value}."""
+    import papermill
+
+    out = {}
+    for name, info in papermill.inspect_notebook(str(notebook)).items():
+        try:
+            out[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            out[name] = info["default"]
+    return out
+
+
+def notebook_parameters(notebook: Path, profile: str, seeds: list[int] | None) -> dict[str, object]:
+    """What papermill injects into ``notebook`` for ``profile``: only parameters it declares."""
+    declared = declared_parameters(notebook)
+    wanted: dict[str, object] = {"profile": profile}
+    if profile == "smoke":
+        where = layout(profile)
+        wanted.update(SMOKE_PARAMETERS, figures_dir=str(where.figures), results_dir=str(where.results),
+                      run_dir=str(where.runs / notebook.stem))
+    if seeds:
+        wanted.update(seeds=list(seeds), seed=seeds[0])
+    return {k: v for k, v in wanted.items() if k in declared}
+
+
+def run_dir_of(notebook: Path, parameters: dict[str, object]) -> Path | None:
+    """The folder holding ``notebook``'s checkpoints under ``parameters`` (None if it declares none)."""
+    run_dir = parameters.get("run_dir", declared_parameters(notebook).get("run_dir"))
+    if not isinstance(run_dir, str):
+        return None
+    return (NOTEBOOKS / run_dir).resolve()  # notebooks run with notebooks/ as their working directory
+
+
+def _library_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "dynprune_lib").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def stamp_of(notebook: Path, parameters: dict[str, object]) -> str:
+    """What an executed copy must have been made from to be reused."""
+    return json.dumps({
+        "notebook": hashlib.sha256(notebook.read_bytes()).hexdigest(),
+        "parameters": parameters,
+        "library": _library_digest(),
+        "data": os.environ.get("DYNPRUNE_DATA", ""),
+    }, sort_keys=True)
+
+
+def _fmt_seconds(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def prepare(notebooks: list[Path], profile: str, out_dir: Path, seeds: list[int] | None) -> None:
+    """Write each notebook with ``profile``'s parameters injected, unexecuted (for nbval)."""
+    import papermill
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for notebook in notebooks:
+        papermill.execute_notebook(str(notebook), str(out_dir / notebook.name),
+                                   parameters=notebook_parameters(notebook, profile, seeds),
+                                   prepare_only=True, progress_bar=False)
+
+
+def execute(notebooks: list[Path], profile: str, *, seeds: list[int] | None, force: bool, kernel: str,
+            report: bool) -> int:
+    """Execute ``notebooks`` in order (skipping up-to-date ones), then write the report."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    where = layout(profile)
+    executed_dir = where.notebooks
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    total = time.monotonic()
+    print(f"run_all: profile {profile!r}, {len(notebooks)} notebook(s), seeds {seeds or 'as each notebook says'}, "
+          f"data {os.environ.get('DYNPRUNE_DATA') or '(default ./data)'}", flush=True)
+    for i, notebook in enumerate(notebooks, 1):
+        parameters = notebook_parameters(notebook, profile, seeds)
+        executed = executed_dir / notebook.name
+        stamp_path = executed.with_suffix(".stamp.json")
+        stamp = stamp_of(notebook, parameters)
+        head = f"[{i}/{len(notebooks)}] {notebook.name}"
+        if not force and executed.exists() and stamp_path.exists() and stamp_path.read_text() == stamp:
+            print(f"==> {head}: up to date, skipped (--force re-executes it)", flush=True)
+            continue
+        if force:
+            run_dir = run_dir_of(notebook, parameters)
+            if run_dir is not None and run_dir.exists():
+                print(f"==> {head}: --force: deleting its checkpoints in {run_dir}", flush=True)
+                shutil.rmtree(run_dir)
+        stamp_path.unlink(missing_ok=True)
+        print(f"==> {head}: executing with {parameters or 'its defaults'}", flush=True)
+        start = time.monotonic()
+        try:
+            papermill.execute_notebook(
+                str(notebook), str(executed), parameters=parameters, kernel_name=kernel, cwd=str(NOTEBOOKS),
+                log_output=True, progress_bar=sys.stderr.isatty(),
+            )
+        except PapermillExecutionError as error:
+            first_line = (error.source or "").strip().splitlines()[:1]
+            print(f"run_all: {notebook.name} FAILED after {_fmt_seconds(time.monotonic() - start)} in cell "
+                  f"{error.cell_index + 1} ({first_line[0] if first_line else 'empty'!r}): "
+                  f"{error.ename}: {error.evalue}\nexecuted copy with the traceback: {executed}",
+                  file=sys.stderr, flush=True)
+            return 1
+        stamp_path.write_text(stamp)
+        print(f"<== {head}: done in {_fmt_seconds(time.monotonic() - start)}", flush=True)
+    if profile != "smoke":
+        import update_readme  # beside this script
+
+        update_readme.main()
+    if report:
+        from dynprune_lib.report import build_report
+
+        executed_all = [executed_dir / p.name for p in select_notebooks(None) if (executed_dir / p.name).exists()]
+        path = build_report(executed_all, where.report, figures_dir=where.figures, results_dir=where.results)
+        print(f"report: {path.relative_to(ROOT)} ({len(executed_all)} notebooks, every figure and table)")
+    print(f"run_all: all done in {_fmt_seconds(time.monotonic() - total)}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=PROFILES, help="default: gpu when CUDA is available, else cpu")
+    parser.add_argument("--only", action="append", metavar="NN", help="run notebook NN only (repeatable, or 01,03)")
+    parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: each notebook's profile)")
+    parser.add_argument("--force", action="store_true", help="re-execute even up-to-date notebooks, retraining")
+    parser.add_argument("--prepare-only", metavar="DIR", type=Path,
+                        help="write the parameterised notebooks to DIR without executing them (for nbval)")
+    parser.add_argument("--no-report", action="store_true", help="do not write the HTML report")
+    parser.add_argument("--kernel", default=os.environ.get("DYNPRUNE_KERNEL", "dynprune"))
+    args = parser.parse_args(argv)
+    only = [n for item in args.only or [] for n in item.split(",") if n]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    profile = args.profile or default_profile()
+    notebooks = select_notebooks(only)
+    if args.prepare_only:
+        prepare(notebooks, profile, args.prepare_only, seeds)
+        return 0
+    return execute(notebooks, profile, seeds=seeds, force=args.force, kernel=args.kernel, report=not args.no_report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

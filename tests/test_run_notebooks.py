@@ -1,0 +1,108 @@
+"""run_all.sh's driver: profiles, parameters, resuming, --force, and the README's generated tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+rn = _load("run_notebooks")
+update_readme = _load("update_readme")
+
+
+def test_select_notebooks_in_order_and_by_number():
+    names = [p.name[:2] for p in rn.select_notebooks(None)]
+    assert names == sorted(names) and names[:5] == ["01", "02", "03", "04", "05"]
+    assert [p.name[:2] for p in rn.select_notebooks(["3", "01"])] == ["01", "03"]
+    with pytest.raises(SystemExit, match="99"):
+        rn.select_notebooks(["99"])
+
+
+def test_parameters_are_the_profiles_and_only_those_a_notebook_declares():
+    baseline, dynamic = rn.select_notebooks(["01", "02"])
+    assert rn.notebook_parameters(baseline, "cpu", None) == {}  # 01 has no profile: its defaults
+    assert rn.notebook_parameters(dynamic, "gpu", [0, 1]) == {"profile": "gpu", "seeds": [0, 1]}
+    smoke = rn.notebook_parameters(dynamic, "smoke", None)
+    where = rn.layout("smoke")
+    assert smoke["train_subset"] == rn.SMOKE_PARAMETERS["train_subset"] and smoke["epochs"] == 1
+    assert smoke["figures_dir"] == str(where.figures) and smoke["run_dir"] == str(where.runs / dynamic.stem)
+    assert rn.notebook_parameters(baseline, "cpu", [3]) == {"seed": 3}
+    assert rn.run_dir_of(dynamic, {}) == ROOT / "build" / "runs" / "02_dynamic_cnn"  # its declared default
+
+
+def test_execute_skips_up_to_date_notebooks_and_force_reruns_and_retrains(tmp_path, monkeypatch):
+    where = rn.Layout(tmp_path / "f", tmp_path / "r", tmp_path / "nb", tmp_path / "report.html", tmp_path / "runs")
+    monkeypatch.setattr(rn, "layout", lambda profile: where)
+    executed = []
+
+    def fake_execute(source, out, *, parameters, **_):
+        executed.append(Path(source).name)
+        Path(parameters["run_dir"]).mkdir(parents=True, exist_ok=True)
+        Path(out).write_text("{}")
+
+    monkeypatch.setattr("papermill.execute_notebook", fake_execute)
+    notebooks = rn.select_notebooks(["02"])
+    run = lambda force: rn.execute(notebooks, "smoke", seeds=None, force=force, kernel="k", report=False)
+    assert run(False) == 0 and executed == ["02_dynamic_cnn.ipynb"]
+    assert run(False) == 0 and executed == ["02_dynamic_cnn.ipynb"]  # up to date: skipped
+    checkpoint = where.runs / "02_dynamic_cnn" / "old.pt"
+    checkpoint.write_text("x")
+    assert run(True) == 0 and len(executed) == 2 and not checkpoint.exists()  # --force: re-run, retrain
+    monkeypatch.setenv("DYNPRUNE_DATA", str(tmp_path / "other-data"))
+    assert run(False) == 0 and len(executed) == 3  # other data: not up to date
+
+
+def test_a_failing_notebook_stops_the_run_and_is_named(tmp_path, monkeypatch, capsys):
+    from papermill.exceptions import PapermillExecutionError
+
+    where = rn.Layout(tmp_path / "f", tmp_path / "r", tmp_path / "nb", tmp_path / "report.html", tmp_path / "runs")
+    monkeypatch.setattr(rn, "layout", lambda profile: where)
+    executed = []
+
+    def failing(source, out, **_):
+        executed.append(Path(source).name)
+        raise PapermillExecutionError(3, 7, "layer.set_sparsity(2)", "ValueError", "bad sparsity", [])
+
+    monkeypatch.setattr("papermill.execute_notebook", failing)
+    assert rn.execute(rn.select_notebooks(["01", "02"]), "smoke", seeds=None, force=False, kernel="k",
+                      report=False) == 1
+    assert executed == ["01_baseline_cnn.ipynb"]  # stopped at the first failure
+    err = capsys.readouterr().err
+    assert "01_baseline_cnn.ipynb FAILED" in err and "ValueError: bad sparsity" in err
+    assert "cell 4" in err and "layer.set_sparsity(2)" in err
+    assert not (where.notebooks / "01_baseline_cnn.stamp.json").exists()
+
+
+def test_cli_rejects_bad_seeds():
+    with pytest.raises(SystemExit):
+        rn.main(["--seeds", "0,x", "--prepare-only", "unused"])
+
+
+def test_readme_blocks_are_generated_from_the_results(tmp_path):
+    text = "intro\n<!-- results:start -->\nstale\n<!-- results:end -->\n<!-- claims:start -->\n<!-- claims:end -->\nend"
+    assert "notebook 05 writes it" in update_readme.update(text, tmp_path)
+    pd.DataFrame({"claim": ["CSR storage shrinks the pruned model"], "measurement": ["dense / CSR"], "ours": [7.8],
+                  "ours_text": ["7.80x"], "unit": ["x"], "verdict": ["supported"]}).to_csv(
+        tmp_path / "paper_claims_checked.csv", index=False)
+    pd.DataFrame({"experiment": ["baseline"], "metric": ["final test_acc"], "paper": [0.7042], "paper_claim": [""],
+                  "ours": [0.711], "difference": [0.0068], "agrees": [""], "conditions": ["seed=0"],
+                  "source": ["baseline_vs_paper.csv"]}).to_csv(tmp_path / "paper_vs_ours.csv", index=False)
+    new = update_readme.update(text, tmp_path)
+    assert "stale" not in new and new.startswith("intro\n") and new.endswith("end")
+    assert "| 70.42 %" in new and "| 71.10 %" in new and "+0.68 pt" in new
+    assert "| 7.80x" in new and "supported" in new
+    assert update_readme.update(new, tmp_path) == new  # idempotent
