@@ -168,7 +168,7 @@ def storage_sparsity_table(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
     cnn = read_result(results_dir, "dynamic_cnn_storage.csv")
     methods = read_result(results_dir, "dynamic_cnn_methods.csv").set_index("method")
     cnn = cnn.assign(model="CNN (notebook 02)", method="dsr", seed=-1,
-                     sparsity=float(methods.loc["dsr", "sparse_layer_sparsity"]))
+                     sparsity=float(methods.loc["dsr", "conv_sparsity"]))
     columns = ["model", "method", "sparsity", "format", "bytes", "ratio_to_dense"]
     return pd.concat([mlp[columns], cnn[columns]], ignore_index=True)
 
@@ -183,7 +183,7 @@ def latency_sparsity_table(
     cnn = read_result(results_dir, "dynamic_cnn_latency.csv")
     methods = read_result(results_dir, "dynamic_cnn_methods.csv").set_index("method")
     cnn = cnn.assign(model="CNN (notebook 02)", method="dsr",
-                     sparsity=float(methods.loc["dsr", "sparse_layer_sparsity"]))
+                     sparsity=float(methods.loc["dsr", "conv_sparsity"]))
     columns = ["model", "method", "sparsity", "batch", "dense_ms", "csr_ms", "speedup", "threads", "device"]
     return pd.concat([mlp[columns], cnn[columns]], ignore_index=True)
 

@@ -215,7 +215,7 @@ _CNN_CPU = ExperimentConfig(
     name="cpu", model="cnn", widths=(32, 64, 128, 256, 512), latency_batches=(1, 128),
 )
 _MLP_CPU = ExperimentConfig(
-    name="cpu", model="mlp", widths=(1024, 512), lr=0.05, augment=False, methods=("dense", "dsr"),
+    name="cpu", model="mlp", widths=(1024, 512), lr=0.05, augment=False, methods=METHODS,
     sparsities=(0.5, 0.8, 0.9, 0.95, 0.99), inference_sparsities=(0.5, 0.8, 0.9, 0.95, 0.98, 0.99),
     latency_batches=(1, 128),
 )
@@ -233,6 +233,7 @@ EXPERIMENTS: Mapping[str, Mapping[str, ExperimentConfig]] = {
     "dynamic_mlp": {
         "smoke": dataclasses.replace(
             _MLP_CPU, name="smoke", widths=(64, 32), epochs=1, dsr_period=((0.0, 4),), sparsities=(0.5, 0.9),
+            methods=("dense", "dsr", "set"), regrow_period=4, gradual_every=2,
             inference_sparsities=(0.5, 0.9, 0.99), latency_batches=(1,), latency_seconds=0.05,
         ),
         "cpu": _MLP_CPU,

@@ -466,31 +466,45 @@ def _by_model(table: pd.DataFrame, needed: set[str], what: str) -> list[tuple[st
     return list(table.groupby("model", sort=False))
 
 
+def _sparsity_panels(
+    table: pd.DataFrame, needed: set[str], draw, *, ylabel: str, log_y: bool = False, title: str | None = None
+) -> Figure:
+    """One panel per ``model`` of ``table`` with a sparsity x axis; ``draw(ax, rows)`` plots a panel."""
+    groups = _by_model(table, needed | {"model", "sparsity"}, "table")
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.2 * len(groups), 4.4), layout="constrained", squeeze=False)
+    for ax, (model, part) in zip(axes[0], groups):
+        draw(ax, part)
+        _sparsity_axis(ax, [0.0] + [round(s, 3) for s in part["sparsity"] if s > 0.01])
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_ylabel(ylabel)
+        ax.set_title(model)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _density(sparsity: pd.Series) -> np.ndarray:
+    return np.maximum(1.0 - sparsity.to_numpy(), 1e-4)
+
+
 def plot_accuracy_vs_sparsity_by_method(table: pd.DataFrame, *, title: str | None = None) -> Figure:
     """Final test accuracy against measured sparsity, one panel per model, one line per method
     (min-max bars over seeds); dense models sit at sparsity 0.
 
     ``table`` is :func:`dynprune_lib.analysis.accuracy_sparsity_table`.
     """
-    groups = _by_model(table, {"model", "method", "sparsity", "final_test_acc"}, "table")
-    fig, axes = plt.subplots(1, len(groups), figsize=(6.2 * len(groups), 4.4), layout="constrained", squeeze=False)
-    for ax, (model, part) in zip(axes[0], groups):
+    def draw(ax: plt.Axes, part: pd.DataFrame) -> None:
         for method, rows in part.groupby("method", sort=False):
             rows = rows.sort_values("sparsity")
-            density = np.maximum(1.0 - rows["sparsity"].to_numpy(), 1e-4)
-            acc = rows["final_test_acc"].to_numpy()
-            lo = rows.get("final_test_acc_min", rows["final_test_acc"]).fillna(rows["final_test_acc"]).to_numpy()
-            hi = rows.get("final_test_acc_max", rows["final_test_acc"]).fillna(rows["final_test_acc"]).to_numpy()
+            acc = rows["final_test_acc"]
+            lo, hi = (rows.get(f"final_test_acc_{k}", acc).fillna(acc) for k in ("min", "max"))
             style = {"linestyle": "none", "marker": "D", "color": "0.2"} if method == "dense" else {"marker": "o"}
-            ax.errorbar(density, acc, yerr=[acc - lo, hi - acc], capsize=3, label=method, **style)
-        _sparsity_axis(ax, [0.0] + [round(s, 3) for s in part["sparsity"] if s > 0.01])
-        ax.set_ylabel("final test accuracy")
-        ax.set_title(model)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    return fig
+            ax.errorbar(_density(rows["sparsity"]), acc, yerr=[acc - lo, hi - acc], capsize=3, label=method, **style)
+
+    return _sparsity_panels(table, {"method", "final_test_acc"}, draw, ylabel="final test accuracy", title=title)
 
 
 def plot_storage_vs_sparsity(table: pd.DataFrame, *, title: str | None = None) -> Figure:
@@ -498,21 +512,12 @@ def plot_storage_vs_sparsity(table: pd.DataFrame, *, title: str | None = None) -
 
     ``table`` is :func:`dynprune_lib.analysis.storage_sparsity_table`.
     """
-    groups = _by_model(table, {"model", "sparsity", "format", "bytes"}, "table")
-    fig, axes = plt.subplots(1, len(groups), figsize=(6.2 * len(groups), 4.4), layout="constrained", squeeze=False)
-    for ax, (model, part) in zip(axes[0], groups):
+    def draw(ax: plt.Axes, part: pd.DataFrame) -> None:
         for fmt, rows in part.groupby("format", sort=False):
             rows = rows.groupby("sparsity", as_index=False)["bytes"].mean().sort_values("sparsity")
-            ax.plot(np.maximum(1.0 - rows["sparsity"].to_numpy(), 1e-4), rows["bytes"] / 1e6, marker="o", label=fmt)
-        _sparsity_axis(ax, [0.0] + [round(s, 3) for s in part["sparsity"] if s > 0.01])
-        ax.set_yscale("log")
-        ax.set_ylabel("file size (MB)")
-        ax.set_title(model)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    return fig
+            ax.plot(_density(rows["sparsity"]), rows["bytes"] / 1e6, marker="o", label=fmt)
+
+    return _sparsity_panels(table, {"format", "bytes"}, draw, ylabel="file size (MB)", log_y=True, title=title)
 
 
 def plot_training_time(table: pd.DataFrame, *, title: str | None = None) -> Figure:

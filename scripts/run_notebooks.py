@@ -140,6 +140,30 @@ def prepare(notebooks: list[Path], profile: str, out_dir: Path, seeds: list[int]
                                    prepare_only=True, progress_bar=False)
 
 
+def record_time(results_dir: Path, notebook: Path, profile: str, seconds: float, from_scratch: bool) -> Path:
+    """Upsert the notebook's wall time into ``results_dir/run_times.csv`` (one row per notebook,
+    profile and whether its training runs started from scratch or resumed from checkpoints)."""
+    import pandas as pd
+
+    from dynprune_lib.train import hardware_name
+
+    path = results_dir / "run_times.csv"
+    row = {"notebook": notebook.name, "profile": profile, "from_scratch": from_scratch,
+           "minutes": round(seconds / 60, 2), "hardware": hardware_name()}
+    table = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(row))
+    keep = ~((table["notebook"] == row["notebook"]) & (table["profile"] == profile)
+             & (table["from_scratch"].astype(bool) == from_scratch))
+    table = pd.concat([table[keep], pd.DataFrame([row])], ignore_index=True).sort_values(
+        ["profile", "notebook", "from_scratch"])
+    results_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    return path
+
+
+def _has_checkpoints(run_dir: Path | None) -> bool:
+    return run_dir is not None and run_dir.exists() and any(run_dir.rglob("*.pt"))
+
+
 def execute(notebooks: list[Path], profile: str, *, seeds: list[int] | None, force: bool, kernel: str,
             report: bool) -> int:
     """Execute ``notebooks`` in order (skipping up-to-date ones), then write the report."""
@@ -147,27 +171,27 @@ def execute(notebooks: list[Path], profile: str, *, seeds: list[int] | None, for
     from papermill.exceptions import PapermillExecutionError
 
     where = layout(profile)
-    executed_dir = where.notebooks
-    executed_dir.mkdir(parents=True, exist_ok=True)
+    where.notebooks.mkdir(parents=True, exist_ok=True)
     total = time.monotonic()
     print(f"run_all: profile {profile!r}, {len(notebooks)} notebook(s), seeds {seeds or 'as each notebook says'}, "
           f"data {os.environ.get('DYNPRUNE_DATA') or '(default ./data)'}", flush=True)
     for i, notebook in enumerate(notebooks, 1):
         parameters = notebook_parameters(notebook, profile, seeds)
-        executed = executed_dir / notebook.name
+        executed = where.notebooks / notebook.name
         stamp_path = executed.with_suffix(".stamp.json")
         stamp = stamp_of(notebook, parameters)
         head = f"[{i}/{len(notebooks)}] {notebook.name}"
         if not force and executed.exists() and stamp_path.exists() and stamp_path.read_text() == stamp:
             print(f"==> {head}: up to date, skipped (--force re-executes it)", flush=True)
             continue
-        if force:
-            run_dir = run_dir_of(notebook, parameters)
-            if run_dir is not None and run_dir.exists():
-                print(f"==> {head}: --force: deleting its checkpoints in {run_dir}", flush=True)
-                shutil.rmtree(run_dir)
+        run_dir = run_dir_of(notebook, parameters)
+        if force and run_dir is not None and run_dir.exists():
+            print(f"==> {head}: --force: deleting its checkpoints in {run_dir}", flush=True)
+            shutil.rmtree(run_dir)
+        from_scratch = not _has_checkpoints(run_dir)
         stamp_path.unlink(missing_ok=True)
-        print(f"==> {head}: executing with {parameters or 'its defaults'}", flush=True)
+        print(f"==> {head}: executing with {parameters or 'its defaults'}"
+              f"{'' if from_scratch else ' (resuming from its checkpoints)'}", flush=True)
         start = time.monotonic()
         try:
             papermill.execute_notebook(
@@ -181,8 +205,14 @@ def execute(notebooks: list[Path], profile: str, *, seeds: list[int] | None, for
                   f"{error.ename}: {error.evalue}\nexecuted copy with the traceback: {executed}",
                   file=sys.stderr, flush=True)
             return 1
+        except Exception as error:  # the kernel died or could not start: say so, keep the checkpoints
+            print(f"run_all: {notebook.name} FAILED after {_fmt_seconds(time.monotonic() - start)}: "
+                  f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            return 1
+        seconds = time.monotonic() - start
         stamp_path.write_text(stamp)
-        print(f"<== {head}: done in {_fmt_seconds(time.monotonic() - start)}", flush=True)
+        record_time(where.results, notebook, profile, seconds, from_scratch)
+        print(f"<== {head}: done in {_fmt_seconds(seconds)}", flush=True)
     if profile != "smoke":
         import update_readme  # beside this script
 
@@ -190,7 +220,7 @@ def execute(notebooks: list[Path], profile: str, *, seeds: list[int] | None, for
     if report:
         from dynprune_lib.report import build_report
 
-        executed_all = [executed_dir / p.name for p in select_notebooks(None) if (executed_dir / p.name).exists()]
+        executed_all = [where.notebooks / p.name for p in select_notebooks(None) if (where.notebooks / p.name).exists()]
         path = build_report(executed_all, where.report, figures_dir=where.figures, results_dir=where.results)
         print(f"report: {path.relative_to(ROOT)} ({len(executed_all)} notebooks, every figure and table)")
     print(f"run_all: all done in {_fmt_seconds(time.monotonic() - total)}", flush=True)

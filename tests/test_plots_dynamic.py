@@ -99,3 +99,27 @@ def test_accuracy_and_latency_against_sparsity():
         plots.plot_latency_vs_sparsity(latency.drop(columns="csr_ms"))
     with pytest.raises(ValueError, match="origin"):
         plots.plot_latency_vs_sparsity(latency, by="origin")
+
+
+def test_analysis_figures_plot_every_model_method_and_format():
+    accuracy = pd.DataFrame({"model": ["CNN", "CNN", "MLP", "MLP", "MLP", "MLP"],
+                             "method": ["dense", "dsr", "dense", "dsr", "dsr", "set"],
+                             "sparsity": [0.0, 0.9, 0.0, 0.5, 0.9, 0.9],
+                             "final_test_acc": [0.83, 0.81, 0.57, 0.58, 0.56, 0.55]})
+    fig = plots.plot_accuracy_vs_sparsity_by_method(accuracy)
+    assert [ax.get_title() for ax in fig.axes] == ["CNN", "MLP"]
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["dense", "dsr", "set"]
+    dsr_line = fig.axes[1].containers[1].lines[0]  # errorbar container of 'dsr' in the MLP panel
+    assert dsr_line.get_ydata().tolist() == [0.58, 0.56]
+    assert dsr_line.get_xdata() == pytest.approx([0.5, 0.1])  # plotted against the density 1 - s
+    storage = pd.DataFrame({"model": ["MLP"] * 4, "sparsity": [0.0, 0.9, 0.0, 0.9],
+                            "format": ["dense", "dense", "CSR", "CSR"], "bytes": [4e6, 4e6, 4e6, 5e5]})
+    fig = plots.plot_storage_vs_sparsity(storage)
+    assert [line.get_ydata().tolist() for line in fig.axes[0].lines] == [[4.0, 4.0], [4.0, 0.5]]
+    times = pd.DataFrame({"model": ["CNN", "CNN", "WRN"], "method": ["dense", "dsr", "wrn"], "minutes": [5.0, 5.5, 20]})
+    fig = plots.plot_training_time(times)
+    assert [len(ax.patches) for ax in fig.axes] == [2, 1]
+    with pytest.raises(ValueError, match="final_test_acc"):
+        plots.plot_accuracy_vs_sparsity_by_method(accuracy.drop(columns="final_test_acc"))
+    with pytest.raises(ValueError, match="empty"):
+        plots.plot_training_time(times.iloc[:0])

@@ -52,6 +52,7 @@ def test_execute_skips_up_to_date_notebooks_and_force_reruns_and_retrains(tmp_pa
     def fake_execute(source, out, *, parameters, **_):
         executed.append(Path(source).name)
         Path(parameters["run_dir"]).mkdir(parents=True, exist_ok=True)
+        (Path(parameters["run_dir"]) / "trained.pt").write_text("x")  # a training run's checkpoint
         Path(out).write_text("{}")
 
     monkeypatch.setattr("papermill.execute_notebook", fake_execute)
@@ -64,6 +65,9 @@ def test_execute_skips_up_to_date_notebooks_and_force_reruns_and_retrains(tmp_pa
     assert run(True) == 0 and len(executed) == 2 and not checkpoint.exists()  # --force: re-run, retrain
     monkeypatch.setenv("DYNPRUNE_DATA", str(tmp_path / "other-data"))
     assert run(False) == 0 and len(executed) == 3  # other data: not up to date
+    times = pd.read_csv(where.results / "run_times.csv")
+    assert times[["notebook", "profile", "from_scratch"]].values.tolist() == [
+        ["02_dynamic_cnn.ipynb", "smoke", False], ["02_dynamic_cnn.ipynb", "smoke", True]]  # one row each, latest kept
 
 
 def test_a_failing_notebook_stops_the_run_and_is_named(tmp_path, monkeypatch, capsys):
@@ -94,7 +98,7 @@ def test_cli_rejects_bad_seeds():
 
 def test_readme_blocks_are_generated_from_the_results(tmp_path):
     text = "intro\n<!-- results:start -->\nstale\n<!-- results:end -->\n<!-- claims:start -->\n<!-- claims:end -->\nend"
-    assert "notebook 05 writes it" in update_readme.update(text, tmp_path)
+    assert "No `results/paper_vs_ours.csv` yet" in update_readme.update(text, tmp_path)
     pd.DataFrame({"claim": ["CSR storage shrinks the pruned model"], "measurement": ["dense / CSR"], "ours": [7.8],
                   "ours_text": ["7.80x"], "unit": ["x"], "verdict": ["supported"]}).to_csv(
         tmp_path / "paper_claims_checked.csv", index=False)
