@@ -31,4 +31,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 source scripts/setup_env.sh
 export DYNPRUNE_PROGRESS=0
 export MPLBACKEND=Agg
-exec "${PY}" scripts/run_notebooks.py --kernel "${DYNPRUNE_KERNEL}" ${args[@]+"${args[@]}"}
+# The kernels print a warning about their TCP transport at every start: noise.
+exec "${PY}" scripts/run_notebooks.py --kernel "${DYNPRUNE_KERNEL}" ${args[@]+"${args[@]}"} \
+    2> >(grep --line-buffered -v "Kernel is running over TCP" >&2)

@@ -170,7 +170,7 @@ def storage_sparsity_table(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
     cnn = cnn.assign(model="CNN (notebook 02)", method="dsr", seed=-1,
                      sparsity=float(methods.loc["dsr", "conv_sparsity"]))
     columns = ["model", "method", "sparsity", "format", "bytes", "ratio_to_dense"]
-    return pd.concat([mlp[columns], cnn[columns]], ignore_index=True)
+    return pd.concat([cnn[columns], mlp[columns]], ignore_index=True)
 
 
 def latency_sparsity_table(
@@ -185,7 +185,7 @@ def latency_sparsity_table(
     cnn = cnn.assign(model="CNN (notebook 02)", method="dsr",
                      sparsity=float(methods.loc["dsr", "conv_sparsity"]))
     columns = ["model", "method", "sparsity", "batch", "dense_ms", "csr_ms", "speedup", "threads", "device"]
-    return pd.concat([mlp[columns], cnn[columns]], ignore_index=True)
+    return pd.concat([cnn[columns], mlp[columns]], ignore_index=True)
 
 
 def training_time_table(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
@@ -206,7 +206,7 @@ def training_time_table(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
                      "minutes": part["train_minutes"].mean(), "seconds_per_epoch": part["seconds_per_epoch"].mean(),
                      "epochs": int(part["epochs"].iloc[0])})
     aspects = read_result(results_dir, "fig6_aspects.csv")
-    published = read_result(results_dir, "wrn_vs_published.csv").groupby("recipe")["epochs"].first()
+    published = read_result(results_dir, "wrn_vs_published.csv").groupby("method")["epochs"].first()
     for method, part in aspects.groupby("method", sort=False):
         epochs = published.get(method, math.nan)
         minutes = part["train_seconds"].mean() / 60
@@ -246,7 +246,9 @@ def claims_table(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
         rows.append({"claim": claim_text, "measurement": measure, "ours": ours, "unit": unit, "verdict": _verdict(ok)})
 
     final, reported = (float(paper_rows.loc["final test_acc", c]) for c in ("ours", "paper"))
-    add(f"a DynamicConv2d CNN trained with DSR reaches the reported {reported:.2%} after {int(dsr['epochs'])} epochs",
+    epochs = int(dsr["epochs"])
+    add(f"a DynamicConv2d CNN trained with DSR reaches the reported {reported:.2%} after {epochs} "
+        f"epoch{'s' * (epochs != 1)}",
         f"our final test accuracy minus the paper's, DSR CNN at {dsr['conv_sparsity']:.1%} conv sparsity, {seeds}",
         final - reported, final >= reported, "accuracy")
     add("dynamic pruning keeps or improves accuracy",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -367,6 +368,16 @@ def plot_method_comparison(
     return fig
 
 
+#: Where sparsity axes put ticks: measured sparsities sit near these, and exact labels would collide.
+_SPARSITY_TICKS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+
+
+def _nice_ticks(sparsities: pd.Series) -> list[float]:
+    """The ticks of ``_SPARSITY_TICKS`` within the range of ``sparsities``."""
+    lo, hi = float(sparsities.min()), float(sparsities.max())
+    return [s for s in _SPARSITY_TICKS if lo - 0.02 <= s <= hi + 0.002]
+
+
 def _sparsity_axis(ax: plt.Axes, sparsities: Sequence[float]) -> None:
     """x axis of density ``1 - s`` on a log scale, decreasing, labelled with the sparsity."""
     ax.set_xscale("log")
@@ -445,7 +456,7 @@ def plot_latency_vs_sparsity(
         ax_t.plot(density, part["csr_ms"], marker="s", color=line.get_color(), label=f"CSR: {name}")
         ax_s.plot(density, part["dense_ms"] / part["csr_ms"], marker="s", color=line.get_color(), label=name)
     for ax in (ax_t, ax_s):
-        _sparsity_axis(ax, [round(s, 3) for s in latency[x]])
+        _sparsity_axis(ax, _nice_ticks(latency[x]))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     ax_t.set_yscale("log")
@@ -474,9 +485,11 @@ def _sparsity_panels(
     fig, axes = plt.subplots(1, len(groups), figsize=(6.2 * len(groups), 4.4), layout="constrained", squeeze=False)
     for ax, (model, part) in zip(axes[0], groups):
         draw(ax, part)
-        _sparsity_axis(ax, [0.0] + [round(s, 3) for s in part["sparsity"] if s > 0.01])
+        _sparsity_axis(ax, _nice_ticks(part["sparsity"]))
         if log_y:
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_ylabel(ylabel)
         ax.set_title(model)
         ax.grid(True, which="both", alpha=0.3)
@@ -533,7 +546,7 @@ def plot_training_time(table: pd.DataFrame, *, title: str | None = None) -> Figu
         y = np.arange(len(part))
         ax.barh(y, part["minutes"], color="tab:blue")
         for yi, m in zip(y, part["minutes"]):
-            ax.text(m, yi, f" {m:.1f} min", va="center", fontsize=8)
+            ax.text(m, yi, f" {m:.1f} min" if m >= 1 else f" {60 * m:.0f} s", va="center", fontsize=8)
         ax.set_yticks(y, part["method"], fontsize=8)
         ax.invert_yaxis()
         ax.set_xlim(0, float(part["minutes"].max()) * 1.25)

@@ -21,6 +21,7 @@ import argparse
 import ast
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -124,6 +125,10 @@ def stamp_of(notebook: Path, parameters: dict[str, object]) -> str:
     }, sort_keys=True)
 
 
+def _cell_count(notebook: Path) -> int:
+    return len(json.loads(notebook.read_text(encoding="utf-8"))["cells"])
+
+
 def _fmt_seconds(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
@@ -164,11 +169,46 @@ def _has_checkpoints(run_dir: Path | None) -> bool:
     return run_dir is not None and run_dir.exists() and any(run_dir.rglob("*.pt"))
 
 
+class _Progress(logging.Filter):
+    """Shows papermill's log as progress: ``cell N/M`` lines and what the cells print."""
+
+    _NOISE = ("Ending Cell", "Input Notebook", "Output Notebook", "Working directory", "Executing notebook with")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(self._NOISE):
+            return False
+        if message.startswith("Executing Cell "):
+            record.msg, record.args = f"  cell {message.split()[2].rstrip('-')}/{self.cells}", ()
+        return True
+
+
+_PROGRESS = _Progress()
+
+
+def _show_notebook_output() -> None:
+    """Print what the notebooks print (one line per epoch) and which cell is running."""
+    log = logging.getLogger("papermill")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(_PROGRESS)
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def execute(notebooks: list[Path], profile: str, *, seeds: list[int] | None, force: bool, kernel: str,
             report: bool) -> int:
     """Execute ``notebooks`` in order (skipping up-to-date ones), then write the report."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
+
+    _show_notebook_output()
 
     where = layout(profile)
     where.notebooks.mkdir(parents=True, exist_ok=True)
@@ -192,6 +232,7 @@ def execute(notebooks: list[Path], profile: str, *, seeds: list[int] | None, for
         stamp_path.unlink(missing_ok=True)
         print(f"==> {head}: executing with {parameters or 'its defaults'}"
               f"{'' if from_scratch else ' (resuming from its checkpoints)'}", flush=True)
+        _PROGRESS.cells = _cell_count(notebook) + bool(parameters)  # papermill adds one cell for parameters
         start = time.monotonic()
         try:
             papermill.execute_notebook(

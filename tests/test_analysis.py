@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -64,7 +65,8 @@ def _write_results(directory: Path, *, dsr: float = 0.80, dense: float = 0.805, 
     pd.DataFrame({"aspect": ["complexity", "interpretability"], "paper: higher for": ["deep learning", "traditional"],
                   "network": ["wrn-10-2-cpu"] * 2, "network - traditional": [0.4, 0.1],
                   "measurement agrees": ["yes", "no"]}).to_csv(directory / "fig6_paper_claims.csv", index=False)
-    pd.DataFrame({"recipe": ["wrn-10-2-cpu"], "seed": [0], "epochs": [2], "test_acc": [0.6]}).to_csv(
+    pd.DataFrame({"recipe": ["wrn-10-2-cpu"], "method": ["wrn-10-2-cpu"], "seed": [0], "epochs": [2],
+                  "test_acc": [0.6]}).to_csv(
         directory / "wrn_vs_published.csv", index=False)
     return directory
 
@@ -129,4 +131,6 @@ def test_tables_against_sparsity_and_training_time(tmp_path):
     times = analysis.training_time_table(results).set_index(["model", "method"])["minutes"]
     assert times[("CNN (notebook 02)", "dsr")] == 5.5
     assert times[("WRN vs traditional (notebook 04)", "wrn-10-2-cpu")] == pytest.approx(20.0)
+    per_epoch = analysis.training_time_table(results).set_index("method")["seconds_per_epoch"]
+    assert per_epoch["wrn-10-2-cpu"] == pytest.approx(600.0) and np.isnan(per_epoch["HOG + logistic regression"])
     assert times[("MLP (notebook 03)", "dsr 0.9")] == 1.7
