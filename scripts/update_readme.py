@@ -31,11 +31,17 @@ def _claims_markdown(table: pd.DataFrame) -> str:
 
 
 def _times_markdown(table: pd.DataFrame) -> str:
-    table = table.assign(from_scratch=table["from_scratch"].map({True: "yes", False: "no (resumed)"}))
-    total = table[table["from_scratch"] == "yes"].groupby("profile", as_index=False)["minutes"].sum()
-    total = total.assign(notebook="all notebooks run from scratch (sum)", from_scratch="yes", hardware="")
-    return pd.concat([table, total], ignore_index=True)[["profile", "notebook", "from_scratch", "minutes",
-                                                         "hardware"]].to_markdown(index=False)
+    n_notebooks = len(list((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+    scratch = table[table["from_scratch"].astype(bool)]
+    totals = []
+    for profile, part in scratch.groupby("profile"):
+        missing = n_notebooks - part["notebook"].nunique()
+        label = f"sum of the {part['notebook'].nunique()} notebooks measured from scratch"
+        totals.append({"profile": profile, "notebook": label + (f" ({missing} not)" if missing else " (all)"),
+                       "from_scratch": True, "minutes": round(float(part["minutes"].sum()), 2), "hardware": ""})
+    table = pd.concat([table, pd.DataFrame(totals)], ignore_index=True)
+    table["from_scratch"] = table["from_scratch"].astype(bool).map({True: "yes", False: "no (resumed)"})
+    return table[["profile", "notebook", "from_scratch", "minutes", "hardware"]].to_markdown(index=False)
 
 
 BLOCKS: dict[str, tuple[str, Callable[[pd.DataFrame], str]]] = {

@@ -134,3 +134,17 @@ def test_tables_against_sparsity_and_training_time(tmp_path):
     per_epoch = analysis.training_time_table(results).set_index("method")["seconds_per_epoch"]
     assert per_epoch["wrn-10-2-cpu"] == pytest.approx(600.0) and np.isnan(per_epoch["HOG + logistic regression"])
     assert times[("MLP (notebook 03)", "dsr 0.9")] == 1.7
+
+
+def test_run_conditions_record_the_data_copy_hardware_and_extras():
+    import torch
+
+    data = dp.CIFAR10Data(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
+                          torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2, dtype=torch.long),
+                          tuple(str(i) for i in range(10)), "/somewhere/cifar10-jpeg.tar.gz")
+    conditions = dp.run_conditions(data, "cpu", epochs=10, seeds=[0, 1])
+    assert conditions["data"] == "cifar10-jpeg.tar.gz"  # the copy, not the machine's path
+    assert (conditions["train_images"], conditions["test_images"], conditions["epochs"]) == (4, 2, 10)
+    assert conditions["device"] == "cpu" and conditions["torch"] == torch.__version__
+    assert conditions["hardware"] == dp.hardware_name("cpu")
+    assert dp.hardware_name("cpu").endswith(f", {torch.get_num_threads()} threads")

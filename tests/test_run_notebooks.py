@@ -110,3 +110,13 @@ def test_readme_blocks_are_generated_from_the_results(tmp_path):
     assert "| 70.42 %" in new and "| 71.10 %" in new and "+0.68 pt" in new
     assert "| 7.80x" in new and "supported" in new
     assert update_readme.update(new, tmp_path) == new  # idempotent
+
+
+def test_readme_timings_sum_only_what_was_measured_from_scratch(tmp_path):
+    pd.DataFrame({"notebook": ["01_a.ipynb", "02_b.ipynb", "02_b.ipynb"], "profile": ["cpu"] * 3,
+                  "from_scratch": [True, True, False], "minutes": [4.5, 30.0, 2.0], "hardware": ["x"] * 3}).to_csv(
+        tmp_path / "run_times.csv", index=False)
+    block = update_readme.render("timings", tmp_path)
+    n_notebooks = len(rn.select_notebooks(None))
+    assert f"sum of the 2 notebooks measured from scratch ({n_notebooks - 2} not)" in block
+    assert "|     34.5 |" in block and "no (resumed)" in block
