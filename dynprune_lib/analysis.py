@@ -124,10 +124,10 @@ def paper_vs_ours_markdown(table: pd.DataFrame) -> str:
         "experiment": table["experiment"],
         "metric": table["metric"],
         "paper": [c if isinstance(c, str) and c else _fmt(m, v)
-                  for m, v, c in zip(table["metric"], table["paper"], table["paper_claim"].fillna(""))],
+                  for m, v, c in zip(table["metric"], table["paper"], table["paper_claim"])],
         "ours": [_fmt(m, v) for m, v in zip(table["metric"], table["ours"])],
         "difference": [a if isinstance(a, str) and a else _fmt(m, v, diff=True)
-                       for m, v, a in zip(table["metric"], table["difference"], table["agrees"].fillna(""))],
+                       for m, v, a in zip(table["metric"], table["difference"], table["agrees"])],
         "conditions": table["conditions"],
     })
     rows["difference"] = rows["difference"].replace({"yes": "agrees", "no": "disagrees", "n/m": "not measured"})

@@ -227,7 +227,7 @@ def test_learning_curve_subsets_are_the_data_subsets_and_nested():
 def test_comparison_profiles_validate_and_override():
     cfg = dp.comparison_profile("cpu", epochs=2, fractions=[0.1, 1.0], share=None)
     assert cfg.epochs == 2 and cfg.fractions == (0.1, 1.0) and cfg.share == 0.9
-    assert cfg.recipe("wrn-10-2-cpu").epochs == 6
+    assert cfg.recipe("wrn-10-2-cpu").epochs == 2
     assert dp.comparison_profile("gpu").recipes == ("wrn-28-2", "wrn-28-2-dsr0.9", "wrn-28-10")
     with pytest.raises(ValueError, match="end at 1.0"):
         dp.comparison_profile("cpu", fractions=[0.1, 0.5])

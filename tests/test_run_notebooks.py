@@ -119,4 +119,4 @@ def test_readme_timings_sum_only_what_was_measured_from_scratch(tmp_path):
     block = update_readme.render("timings", tmp_path)
     n_notebooks = len(rn.select_notebooks(None))
     assert f"sum of the 2 notebooks measured from scratch ({n_notebooks - 2} not)" in block
-    assert "|     34.5 |" in block and "no (resumed)" in block
+    assert "|      34.5 |" in block and "no (resumed)" in block
