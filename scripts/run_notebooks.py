@@ -146,19 +146,22 @@ def prepare(notebooks: list[Path], profile: str, out_dir: Path, seeds: list[int]
 
 
 def record_time(results_dir: Path, notebook: Path, profile: str, seconds: float, from_scratch: bool) -> Path:
-    """Upsert the notebook's wall time into ``results_dir/run_times.csv`` (one row per notebook,
-    profile and whether its training runs started from scratch or resumed from checkpoints)."""
+    """Upsert the notebook's wall time into ``results_dir/run_times.csv``: one row per notebook,
+    profile and whether its training runs started from scratch or resumed from checkpoints.
+    Rows measured on another version of the notebook are dropped: they timed other work."""
     import pandas as pd
 
     from dynprune_lib.train import hardware_name
 
     path = results_dir / "run_times.csv"
     row = {"notebook": notebook.name, "profile": profile, "from_scratch": from_scratch,
-           "minutes": round(seconds / 60, 2), "hardware": hardware_name()}
-    table = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(row))
-    keep = ~((table["notebook"] == row["notebook"]) & (table["profile"] == profile)
-             & (table["from_scratch"].astype(bool) == from_scratch))
-    table = pd.concat([table[keep], pd.DataFrame([row])], ignore_index=True).sort_values(
+           "minutes": round(seconds / 60, 2), "hardware": hardware_name(),
+           "notebook_sha256": hashlib.sha256(notebook.read_bytes()).hexdigest()[:12]}
+    table = pd.read_csv(path, dtype={"notebook_sha256": str}) if path.exists() else pd.DataFrame(columns=list(row))
+    same = (table["notebook"] == row["notebook"]) & (table["profile"] == profile)
+    stale = same & (table.get("notebook_sha256", pd.Series("", index=table.index)) != row["notebook_sha256"])
+    replaced = same & (table["from_scratch"].astype(bool) == from_scratch)
+    table = pd.concat([table[~(stale | replaced)], pd.DataFrame([row])], ignore_index=True).sort_values(
         ["profile", "notebook", "from_scratch"])
     results_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False)

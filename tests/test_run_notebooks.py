@@ -70,6 +70,18 @@ def test_execute_skips_up_to_date_notebooks_and_force_reruns_and_retrains(tmp_pa
         ["02_dynamic_cnn.ipynb", "smoke", False], ["02_dynamic_cnn.ipynb", "smoke", True]]  # one row each, latest kept
 
 
+def test_timings_of_another_version_of_a_notebook_are_dropped(tmp_path):
+    notebook = tmp_path / "02_x.ipynb"
+    notebook.write_text('{"cells": []}')
+    rn.record_time(tmp_path, notebook, "cpu", 600.0, True)
+    rn.record_time(tmp_path, notebook, "cpu", 60.0, False)
+    assert len(pd.read_csv(tmp_path / "run_times.csv")) == 2  # from scratch and resumed, same notebook
+    notebook.write_text('{"cells": [], "metadata": {}}')  # edited: the old timings measured other work
+    rn.record_time(tmp_path, notebook, "cpu", 90.0, False)
+    times = pd.read_csv(tmp_path / "run_times.csv")
+    assert times[["from_scratch", "minutes"]].values.tolist() == [[False, 1.5]]
+
+
 def test_a_failing_notebook_stops_the_run_and_is_named(tmp_path, monkeypatch, capsys):
     from papermill.exceptions import PapermillExecutionError
 
