@@ -12,7 +12,8 @@
 #   ./run_all.sh --force            # re-execute up-to-date notebooks and retrain their runs
 #
 # Resumable: a notebook whose executed copy matches the notebook, its
-# parameters, the library and the data is skipped, and training runs
+# parameters, the library, the data and the earlier notebooks' runs is
+# skipped, and training runs
 # checkpoint every epoch under build/runs/, so re-running after an
 # interruption continues where it stopped.
 set -euo pipefail

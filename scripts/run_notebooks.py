@@ -11,8 +11,9 @@ passes to the notebooks:
   ``results/``; checkpoints stay in each notebook's own ``run_dir``.
 
 A notebook is skipped when its executed copy exists and was produced from the
-same notebook, parameters, library source and data (a stamp beside it);
-``--force`` re-executes it and deletes its training checkpoints first.
+same notebook, parameters, library source, data and earlier notebooks' runs (a
+stamp beside it); ``--force`` re-executes it and deletes its training
+checkpoints first.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,13 +117,38 @@ def _library_digest() -> str:
     return digest.hexdigest()
 
 
-def stamp_of(notebook: Path, parameters: dict[str, object]) -> str:
+def _stamp_path(executed_dir: Path, notebook: Path) -> Path:
+    return executed_dir / f"{notebook.stem}.stamp.json"
+
+
+def _recorded_inputs(stamp_path: Path) -> str | None:
+    """The inputs an executed copy was made from, None if unknown (no stamp, or a damaged one)."""
+    try:
+        return json.loads(stamp_path.read_text())["inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def upstream_digest(notebook: Path, executed_dir: Path) -> str:
+    """Digest of the stamps of every earlier-numbered notebook: a later notebook reads their
+    results (02 reads 01's baseline, 05 reads everything), so it is stale when one of them re-ran."""
+    digest = hashlib.sha256()
+    for earlier in select_notebooks(None):
+        if earlier.name >= notebook.name:
+            break
+        stamp = _stamp_path(executed_dir, earlier)
+        digest.update(earlier.name.encode() + b"\0" + (stamp.read_bytes() if stamp.exists() else b"never run"))
+    return digest.hexdigest()
+
+
+def stamp_of(notebook: Path, parameters: dict[str, object], executed_dir: Path) -> str:
     """What an executed copy must have been made from to be reused."""
     return json.dumps({
         "notebook": hashlib.sha256(notebook.read_bytes()).hexdigest(),
         "parameters": parameters,
         "library": _library_digest(),
         "data": os.environ.get("DYNPRUNE_DATA", ""),
+        "upstream": upstream_digest(notebook, executed_dir),
     }, sort_keys=True)
 
 
@@ -221,10 +248,10 @@ def execute(notebooks: list[Path], profile: str, *, seeds: list[int] | None, for
     for i, notebook in enumerate(notebooks, 1):
         parameters = notebook_parameters(notebook, profile, seeds)
         executed = where.notebooks / notebook.name
-        stamp_path = executed.with_suffix(".stamp.json")
-        stamp = stamp_of(notebook, parameters)
+        stamp_path = _stamp_path(where.notebooks, notebook)
+        stamp = stamp_of(notebook, parameters, where.notebooks)
         head = f"[{i}/{len(notebooks)}] {notebook.name}"
-        if not force and executed.exists() and stamp_path.exists() and stamp_path.read_text() == stamp:
+        if not force and executed.exists() and _recorded_inputs(stamp_path) == stamp:
             print(f"==> {head}: up to date, skipped (--force re-executes it)", flush=True)
             continue
         run_dir = run_dir_of(notebook, parameters)
@@ -254,7 +281,8 @@ def execute(notebooks: list[Path], profile: str, *, seeds: list[int] | None, for
                   f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
             return 1
         seconds = time.monotonic() - start
-        stamp_path.write_text(stamp)
+        # A fresh run id makes later notebooks stale even when this one re-ran on the same inputs.
+        stamp_path.write_text(json.dumps({"inputs": stamp, "run": uuid.uuid4().hex}))
         record_time(where.results, notebook, profile, seconds, from_scratch)
         print(f"<== {head}: done in {_fmt_seconds(seconds)}", flush=True)
     if profile != "smoke":

@@ -31,14 +31,15 @@ def _claims_markdown(table: pd.DataFrame) -> str:
 
 
 def _times_markdown(table: pd.DataFrame) -> str:
-    n_notebooks = len(list((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+    notebooks = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     scratch = table[table["from_scratch"].astype(bool)]
     totals = []
     for profile, part in scratch.groupby("profile"):
-        missing = n_notebooks - part["notebook"].nunique()
-        label = f"sum of the {part['notebook'].nunique()} notebooks measured from scratch"
-        totals.append({"profile": profile, "notebook": label + (f" ({missing} not)" if missing else " (all)"),
-                       "from_scratch": True, "minutes": round(float(part["minutes"].sum()), 2), "hardware": ""})
+        missing = [n[:2] for n in notebooks if n not in set(part["notebook"])]
+        label = (f"sum of the {part['notebook'].nunique()} notebooks measured from scratch"
+                 + (f" (not measured from scratch: {', '.join(missing)})" if missing else " (all)"))
+        totals.append({"profile": profile, "notebook": label, "from_scratch": True,
+                       "minutes": round(float(part["minutes"].sum()), 2), "hardware": ""})
     table = pd.concat([table, pd.DataFrame(totals)], ignore_index=True)
     table["from_scratch"] = table["from_scratch"].astype(bool).map({True: "yes", False: "no (resumed)"})
     return table[["profile", "notebook", "from_scratch", "minutes", "hardware"]].to_markdown(index=False)
