@@ -34,9 +34,11 @@ from .plots import (
 from . import efficiency, experiments
 from .schedulers import DSR, SET, MagnitudePruning, RigL
 from .train import (
+    PRECISIONS,
     CheckpointError,
     PruningHook,
     TrainingDivergedError,
+    check_precision,
     evaluate,
     fit,
     hardware_name,

@@ -254,7 +254,7 @@ def train_wrn(
     history = fit(
         setup.model, train_loader, test_loader, epochs=recipe.epochs, optimizer=setup.optimizer,
         pruner=setup.pruner, lr_scheduler=setup.lr_scheduler, device=device, checkpoint=checkpoint,
-        progress=progress, verbose=verbose,
+        progress=progress, verbose=verbose, precision=recipe.precision,
     )
     return WRNRun(recipe, setup.model, history, seed, n_train, train_loader.mean, train_loader.std, checkpoint)
 

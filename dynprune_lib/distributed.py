@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model, train_loader, test_loader, epochs=recipe.epochs, optimizer=setup.optimizer,
             pruner=setup.pruner, lr_scheduler=setup.lr_scheduler, device=ctx.device,
             checkpoint=run_dir / f"{stem}.rank{ctx.rank}.pt", progress=False,
-            verbose=ctx.is_main and not args.quiet,
+            verbose=ctx.is_main and not args.quiet, precision=recipe.precision,
         )
         if ctx.is_main:
             history.insert(0, "world_size", ctx.world_size)

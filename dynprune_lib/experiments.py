@@ -49,7 +49,7 @@ from .layers import erk_sparsities, sparse_modules
 from .models import MLP, BaselineCNN, DynamicCNN
 from .paper import PAPER
 from .schedulers import DSR, SET, MagnitudePruning, RigL
-from .train import fit, set_seed
+from .train import PRECISIONS, fit, set_seed
 
 __all__ = [
     "BASELINE_PROTOCOL",
@@ -127,6 +127,9 @@ class ExperimentConfig:
         they do not change a run, so they are not part of its checkpoint name.
     latency_batches, latency_seconds: batch sizes and seconds of timing per
         variant in latency measurements.
+    precision: ``"bf16"`` trains with a bfloat16-autocast forward pass
+        (:func:`~dynprune_lib.train.fit`; weights and evaluation stay float32),
+        ``"fp32"`` in float32 throughout.
     """
 
     name: str
@@ -161,6 +164,7 @@ class ExperimentConfig:
     inference_sparsities: tuple[float, ...] = ()
     latency_batches: tuple[int, ...] = (1, 128)
     latency_seconds: float = 0.3
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
         if self.model not in ("cnn", "mlp"):
@@ -181,6 +185,8 @@ class ExperimentConfig:
         for value in (self.sparsity, *self.sparsities, *self.inference_sparsities):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"sparsities must be in [0, 1), got {value!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.distribution not in ("erk", "uniform"):
             raise ValueError(f"distribution must be 'erk' or 'uniform', got {self.distribution!r}")
         if self.magnitude_scope not in ("global", "layer"):
@@ -212,10 +218,10 @@ class ExperimentConfig:
 
 
 _CNN_CPU = ExperimentConfig(
-    name="cpu", model="cnn", widths=(32, 64, 128, 256, 512), latency_batches=(1, 128),
+    name="cpu", model="cnn", widths=(32, 64, 128, 256, 512), latency_batches=(1, 128), precision="bf16",
 )
 _MLP_CPU = ExperimentConfig(
-    name="cpu", model="mlp", widths=(1024, 512), lr=0.05, augment=False, methods=METHODS,
+    name="cpu", model="mlp", widths=(512, 256), lr=0.05, precision="bf16", augment=False, methods=METHODS,
     sparsities=(0.5, 0.8, 0.9, 0.95, 0.99), inference_sparsities=(0.5, 0.8, 0.9, 0.95, 0.98, 0.99),
     latency_batches=(1, 128),
 )
@@ -511,7 +517,7 @@ def train_run(
     history = fit(
         model, train_loader, test_loader, epochs=config.epochs, optimizer=optimizer,
         pruner=StepSchedule(lr_scheduler, pruner), device=device, checkpoint=checkpoint,
-        progress=progress, verbose=verbose,
+        progress=progress, verbose=verbose, precision=config.precision,
     )
     log = pruner.log_frame() if pruner is not None else None
     return Run(method, seed, sparsity, model, history, log, layer_sparsity, checkpoint, config)
@@ -739,13 +745,18 @@ def _tagged(run: Run, table: pd.DataFrame) -> pd.DataFrame:
     }, index=table.index), table], axis=1)
 
 
-def run_latency(runs: Sequence[Run], *, device: str | torch.device = "cpu") -> pd.DataFrame:
-    """:func:`~dynprune_lib.efficiency.latency_table` of every run's model at its config's
-    ``latency_batches``, tagged with the run (:func:`_tagged`)."""
+def run_latency(
+    runs: Sequence[Run], *, methods: Sequence[str] | None = None, device: str | torch.device = "cpu"
+) -> pd.DataFrame:
+    """:func:`~dynprune_lib.efficiency.latency_table` of each run's model (those of ``methods``;
+    default all) at its config's ``latency_batches``, tagged with the run (:func:`_tagged`)."""
+    chosen = [run for run in runs if methods is None or run.method in methods]
+    if not chosen:
+        raise ValueError(f"no run of methods {list(methods or [])}; runs have {sorted({r.method for r in runs})}")
     return pd.concat([
         _tagged(run, latency_table(run.model, run.config.latency_batches, seconds=run.config.latency_seconds,
                                    device=device))
-        for run in runs
+        for run in chosen
     ], ignore_index=True)
 
 

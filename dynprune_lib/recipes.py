@@ -26,7 +26,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -35,6 +35,7 @@ from torch import nn
 from .data import BatchLoader, CIFAR10Data
 from .models import WideResNet
 from .schedulers import DSR
+from .train import PRECISIONS
 
 __all__ = [
     "WRN_RECIPES",
@@ -75,6 +76,7 @@ class WRNRecipe:
     augment: bool = True
     anchor: float | None = None
     source: str = ""
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
         for name in ("depth", "widen_factor", "epochs", "batch_size"):
@@ -85,6 +87,8 @@ class WRNRecipe:
             raise ValueError(f"milestones must be increasing epochs >= 1, got {self.milestones!r}")
         if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity must be None or in [0, 1), got {self.sparsity!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.sparsity is None and self.dsr:
             raise ValueError("dsr settings need sparsity (a dense recipe has no DSR)")
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
@@ -147,16 +151,16 @@ WRN_RECIPES: Mapping[str, WRNRecipe] = {
             source="Zagoruyko & Komodakis 2016, WRN-28-10 without dropout",
         ),
         WRNRecipe(
-            "wrn-10-2-cpu", 10, 2, epochs=6, batch_size=128, milestones=(2, 4, 5),
+            "wrn-10-2-cpu", 10, 2, epochs=6, batch_size=128, milestones=(2, 4, 5), precision="bf16",
             source="ours: the WRN-28-2 protocol (milestones at 30/60/80 % of training) shortened to "
                    "6 epochs of a WRN-10-2, minutes on 2 CPU cores (README: measured wall times)",
         ),
         WRNRecipe(
-            "wrn-10-1-smoke", 10, 1, epochs=1, batch_size=128, milestones=(),
+            "wrn-10-1-smoke", 10, 1, epochs=1, batch_size=128, milestones=(), precision="bf16",
             source="ours: a tiny network for smoke tests",
         ),
         WRNRecipe(
-            "wrn-10-1-dsr-smoke", 10, 1, epochs=1, batch_size=128, milestones=(), sparsity=0.9,
+            "wrn-10-1-dsr-smoke", 10, 1, epochs=1, batch_size=128, milestones=(), sparsity=0.9, precision="bf16",
             dsr={"prune_fraction": 0.05, "period": 4}, source="ours: a tiny sparse network for smoke tests",
         ),
     )
@@ -247,6 +251,6 @@ def recipes_table(recipes: Sequence[WRNRecipe]) -> pd.DataFrame:
         "recipe": r.name, "architecture": r.architecture, "epochs": r.epochs, "batch_size": r.batch_size,
         "lr": r.lr, "milestones": list(r.milestones), "gamma": r.gamma, "nesterov": r.nesterov,
         "weight_decay": r.weight_decay, "augment": r.augment, "sparsity": r.sparsity,
-        "published_test_acc": r.anchor, "source": r.source,
+        "precision": r.precision, "published_test_acc": r.anchor, "source": r.source,
     } for r in recipes])
 

@@ -59,6 +59,10 @@ def test_profiles_overrides_and_errors():
         dataclasses.replace(cpu, dsr_period=((0.5, 100),))
     with pytest.raises(ValueError, match="sparsities"):
         dataclasses.replace(cpu, sparsities=(1.0,))
+    with pytest.raises(ValueError, match="precision"):
+        dataclasses.replace(cpu, precision="fp16")
+    # precision changes a run, so it is part of the checkpoint key
+    assert dataclasses.replace(cpu, precision="fp32").training_key("dsr", 0.9) != cpu.training_key("dsr", 0.9)
 
 
 def test_training_key_ignores_what_a_notebook_runs():
@@ -295,6 +299,9 @@ def test_inference_sweep_and_run_latency_label_their_rows(tmp_path):
     assert sweep["sparsity"].to_numpy() == pytest.approx([0.5, 0.9], abs=1e-3)
     latency = ex.run_latency(runs)
     assert list(latency["method"]) == ["dense", "dsr"] and (latency["csr_ms"] > 0).all()
+    assert list(ex.run_latency(runs, methods=["dsr"])["method"]) == ["dsr"]
+    with pytest.raises(ValueError, match="no run of methods"):
+        ex.run_latency(runs, methods=["rigl"])
     table = ex.run_table(runs)
     assert table.loc[1, "linear_sparsity"] >= 0.5 and table.loc[0, "linear_sparsity"] == 0.0
     storage = ex.run_storage(runs, tmp_path / "export")

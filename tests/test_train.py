@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 
 import pandas as pd
 import pytest
@@ -266,3 +268,92 @@ def test_figures_are_byte_identical_when_saved_twice(tmp_path):
         dp.plot_history(history, "f1")
     with pytest.raises(ValueError, match="lacks"):
         dp.plot_history(history.drop(columns="test_acc"), "acc")
+
+
+@contextlib.contextmanager
+def _no_slow_bf16_warning():
+    """Silence the slow-bf16 warning on CI CPUs without native bfloat16 (tested on its own below)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "precision='bf16' on a CPU", RuntimeWarning)
+        yield
+
+
+class _DtypeProbe(nn.Module):
+    """Records the dtype of its linear layer's output in training and in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3 * 32 * 32, 3)
+        self.seen: dict[bool, set[torch.dtype]] = {True: set(), False: set()}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x.flatten(1))
+        self.seen[self.training].add(out.dtype)
+        return out
+
+
+@pytest.mark.parametrize("precision, train_dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_precision_sets_the_training_forward_dtype_and_evaluation_stays_float32(precision, train_dtype):
+    images, labels = _synthetic(64)
+    model = _DtypeProbe()
+    loader = dp.BatchLoader(images, labels, batch_size=32, normalize="unit")
+    with _no_slow_bf16_warning():
+        history = dp.fit(model, loader, loader, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                         device="cpu", progress=False, verbose=False, precision=precision)
+    assert model.seen[True] == {train_dtype}
+    assert model.seen[False] == {torch.float32}
+    assert model.linear.weight.dtype == torch.float32  # master weights stay float32
+    assert math.isfinite(history["train_loss"].iloc[0])
+
+
+def test_bf16_training_stays_close_to_float32():
+    """Same seed, same data: mixed precision changes the numbers a little, not the learning."""
+    with _no_slow_bf16_warning():
+        losses = {}
+        for precision in ("fp32", "bf16"):
+            images, labels = _synthetic(128)
+            dp.set_seed(0)
+            model = dp.BaselineCNN()
+            loader = dp.BatchLoader(images, labels, batch_size=32, normalize="unit")
+            h = dp.fit(model, loader, loader, epochs=2, optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
+                       device="cpu", progress=False, verbose=False, precision=precision)
+            losses[precision] = h["train_loss"].to_numpy()
+    assert not (losses["fp32"] == losses["bf16"]).all()  # autocast did change the arithmetic
+    assert abs(losses["fp32"] - losses["bf16"]).max() < 0.05
+
+
+def test_unknown_precision_is_rejected():
+    images, labels = _synthetic(32)
+    model = dp.BaselineCNN()
+    loader = dp.BatchLoader(images, labels, batch_size=32)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        dp.fit(model, loader, loader, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+               precision="fp16")
+
+
+def test_bf16_on_a_cpu_without_native_bfloat16_warns(monkeypatch):
+    monkeypatch.setattr(dp.train, "_cpu_has_native_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="slower than with precision='fp32'"):
+        dp.check_precision("bf16", "cpu")
+    monkeypatch.setattr(dp.train, "_cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dp.check_precision("bf16", "cpu")
+        dp.check_precision("fp32", "cpu")
+
+
+def test_checkpoint_of_another_precision_is_refused(tmp_path):
+    images, labels = _synthetic(64)
+    ckpt = tmp_path / "run.pt"
+    with _no_slow_bf16_warning():
+        for precision in ("fp32", "bf16"):
+            dp.set_seed(0)
+            model = dp.BaselineCNN()
+            train = dp.BatchLoader(images, labels, batch_size=32, shuffle=True, seed=0)
+            kwargs = dict(epochs=1, optimizer=torch.optim.Adam(model.parameters()), device="cpu",
+                          checkpoint=ckpt, progress=False, verbose=False, precision=precision)
+            if precision == "fp32":
+                dp.fit(model, train, train, **kwargs)
+            else:
+                with pytest.raises(dp.CheckpointError, match="precision: checkpoint 'fp32' vs now 'bf16'"):
+                    dp.fit(model, train, train, **kwargs)

@@ -59,6 +59,9 @@ def test_scaling_keeps_milestones_at_the_same_share_of_training():
         dp.wrn_recipe("wrn-28-2", width=3)
     with pytest.raises(ValueError, match="dsr"):
         dp.WRNRecipe("x", 10, 1, 1, 8, (), dsr={"period": 4})
+    with pytest.raises(ValueError, match="precision"):
+        dp.WRNRecipe("x", 10, 1, 1, 8, (), precision="half")
+    assert dp.wrn_recipe("wrn-10-2-cpu", epochs=3).precision == "bf16"  # scaling keeps it
 
 
 def test_build_training_is_seeded_and_adds_dsr_to_sparse_recipes():
