@@ -32,7 +32,7 @@ from . import aspects
 from .data import BatchLoader, CIFAR10Data, _stratified_indices
 from .recipes import WRNRecipe, build_training, make_loaders, wrn_recipe
 from .traditional import DEFAULT_CS, FeatureConfig, TraditionalClassifier, traditional_flops
-from .train import fit, set_seed
+from .train import PRECISIONS, fit, set_seed
 
 __all__ = [
     "PAPER_CLAIMS",
@@ -68,6 +68,7 @@ class ComparisonProfile:
     curve_recipes: those that also get a learning curve (the others' data
         requirements are not measured).
     epochs: override every recipe's epochs (milestones rescaled); None keeps them.
+    precision: override every recipe's training precision (``"fp32"``/``"bf16"``); None keeps them.
     fractions: learning-curve training fractions; the last must be 1.0 (it reuses
         the full-data run).
     curve_min_steps: optimizer-step floor of a learning-curve run (``aspects.curve_epochs``).
@@ -84,6 +85,7 @@ class ComparisonProfile:
     recipes: tuple[str, ...]
     curve_recipes: tuple[str, ...]
     epochs: int | None = None
+    precision: str | None = None
     fractions: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
     curve_min_steps: int = 200
     curve_monitor_images: int = 500
@@ -109,12 +111,15 @@ class ComparisonProfile:
         if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)
                                         or self.epochs < 1):
             raise ValueError(f"epochs must be None or a positive int, got {self.epochs!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be None or one of {PRECISIONS}, got {self.precision!r}")
         for kind, severity in self.shifts:
             aspects.shift_images(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), kind, severity)  # validates
 
     def recipe(self, name: str) -> WRNRecipe:
-        """Recipe ``name`` with this profile's epoch override."""
-        return wrn_recipe(name) if self.epochs is None else wrn_recipe(name, epochs=self.epochs)
+        """Recipe ``name`` with this profile's epoch and precision overrides."""
+        overrides = {"epochs": self.epochs, "precision": self.precision}
+        return wrn_recipe(name, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def _recipe_names() -> set[str]:
@@ -242,7 +247,7 @@ def train_wrn(
     each epoch (cheap learning-curve runs); None evaluates all of it.
     """
     n_train = len(data.train_labels)
-    checkpoint = Path(run_dir) / f"{recipe.name}_e{recipe.epochs}_n{n_train}_seed{seed}.pt"
+    checkpoint = Path(run_dir) / f"{recipe.name}_e{recipe.epochs}_n{n_train}_{recipe.precision}_seed{seed}.pt"
     set_seed(seed)
     setup = build_training(recipe, seed=seed, device=device)
     train_loader, test_loader = make_loaders(recipe, data, seed=seed, device=device,

@@ -228,6 +228,11 @@ def test_comparison_profiles_validate_and_override():
     cfg = dp.comparison_profile("cpu", epochs=2, fractions=[0.1, 1.0], share=None)
     assert cfg.epochs == 2 and cfg.fractions == (0.1, 1.0) and cfg.share == 0.9
     assert cfg.recipe("wrn-10-2-cpu").epochs == 2
+    assert cfg.recipe("wrn-10-2-cpu").precision == "bf16"  # the recipe's own
+    fp32 = dp.comparison_profile("cpu", precision="fp32").recipe("wrn-10-2-cpu")
+    assert fp32.precision == "fp32" and fp32.epochs == dp.wrn_recipe("wrn-10-2-cpu").epochs
+    with pytest.raises(ValueError, match="precision"):
+        dp.comparison_profile("cpu", precision="int8")
     assert dp.comparison_profile("gpu").recipes == ("wrn-28-2", "wrn-28-2-dsr0.9", "wrn-28-10")
     with pytest.raises(ValueError, match="end at 1.0"):
         dp.comparison_profile("cpu", fractions=[0.1, 0.5])
