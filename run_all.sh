@@ -10,6 +10,8 @@
 #   ./run_all.sh --seeds 0,1,2      # seeds for every notebook (default: each profile's)
 #   ./run_all.sh --data PATH        # CIFAR-10 location (else $DYNPRUNE_DATA, ./data)
 #   ./run_all.sh --force            # re-execute up-to-date notebooks and retrain their runs
+#   ./run_all.sh --precision fp32   # train notebooks 02-04 in float32 (default bf16 autocast;
+#                                   # use fp32 on a CPU without native bfloat16)
 #
 # Resumable: a notebook whose executed copy matches the notebook, its
 # parameters, the library, the data and the earlier notebooks' runs is
@@ -23,7 +25,7 @@ args=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --data) export DYNPRUNE_DATA="$(realpath -m "${2:?--data needs a path}")"; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) args+=("$1"); shift ;;
     esac
 done

@@ -88,6 +88,9 @@ def paper_vs_ours(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
     for name in ("baseline_vs_paper.csv", "dynamic_cnn_vs_paper.csv"):
         table = read_result(results_dir, name)
         frames.append(table.assign(paper_claim="", agrees="", source=name))
+    # the DSR CNN's training precision (notebook 02's profile) belongs to its conditions
+    dsr = read_result(results_dir, "dynamic_cnn_methods.csv").set_index("method").loc["dsr"]
+    frames[-1]["conditions"] = frames[-1]["conditions"] + f"; precision={dsr['precision']}"
     claims = read_result(results_dir, "fig6_paper_claims.csv")
     aspects = read_result(results_dir, "fig6_aspects.csv")
     published = read_result(results_dir, "wrn_vs_published.csv")

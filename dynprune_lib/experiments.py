@@ -657,7 +657,7 @@ def find_run(runs: Sequence[Run], method: str, sparsity: float | None = None, se
 def run_table(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per run: final, best and training accuracy, the sparsity measured on its weights
     (:func:`~dynprune_lib.efficiency.sparsity_summary`: sparse layers, convolutions, linear
-    layers, all weights) and its training time."""
+    layers, all weights), its training time and training precision."""
     rows = []
     for run in runs:
         s = sparsity_summary(run.model)
@@ -671,7 +671,7 @@ def run_table(runs: Sequence[Run]) -> pd.DataFrame:
             "sparse_layer_sparsity": s["sparse_layers"], "conv_sparsity": s["conv"],
             "linear_sparsity": s["linear"], "weight_sparsity": s["all"],
             "epochs": len(run.history), "seconds_per_epoch": float(run.history["seconds"].mean()),
-            "train_minutes": run.train_seconds / 60,
+            "train_minutes": run.train_seconds / 60, "precision": run.config.precision,
         })
     return pd.DataFrame(rows)
 
@@ -693,6 +693,7 @@ def method_table(runs: Sequence[Run], *, baseline: pd.DataFrame | None = None) -
             "conv_sparsity": 0.0, "linear_sparsity": 0.0, "weight_sparsity": 0.0,
             "epochs": len(baseline), "seconds_per_epoch": float(baseline["seconds"].mean()),
             "train_minutes": float(baseline["seconds"].sum()) / 60,
+            "precision": "fp32",  # notebook 01 and baseline_history train with fit's default
         }])], ignore_index=True)
     table = per_run.groupby("method", sort=False).agg(
         seeds=("seed", "size"),
@@ -708,6 +709,7 @@ def method_table(runs: Sequence[Run], *, baseline: pd.DataFrame | None = None) -
         epochs=("epochs", "first"),
         seconds_per_epoch=("seconds_per_epoch", "mean"),
         train_minutes=("train_minutes", "mean"),
+        precision=("precision", "first"),
     ).reset_index()
     table.insert(1, "description", [METHOD_LABELS.get(m, m) for m in table["method"]])
     return table

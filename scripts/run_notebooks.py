@@ -89,7 +89,9 @@ def declared_parameters(notebook: Path) -> dict[str, object]:
     return out
 
 
-def notebook_parameters(notebook: Path, profile: str, seeds: list[int] | None) -> dict[str, object]:
+def notebook_parameters(
+    notebook: Path, profile: str, seeds: list[int] | None, *, precision: str | None = None
+) -> dict[str, object]:
     """What papermill injects into ``notebook`` for ``profile``: only parameters it declares."""
     declared = declared_parameters(notebook)
     wanted: dict[str, object] = {"profile": profile}
@@ -99,6 +101,8 @@ def notebook_parameters(notebook: Path, profile: str, seeds: list[int] | None) -
                       run_dir=str(where.runs / notebook.stem))
     if seeds:
         wanted.update(seeds=list(seeds), seed=seeds[0])
+    if precision:
+        wanted["precision"] = precision
     return {k: v for k, v in wanted.items() if k in declared}
 
 
@@ -161,14 +165,16 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-def prepare(notebooks: list[Path], profile: str, out_dir: Path, seeds: list[int] | None) -> None:
+def prepare(
+    notebooks: list[Path], profile: str, out_dir: Path, seeds: list[int] | None, *, precision: str | None = None
+) -> None:
     """Write each notebook with ``profile``'s parameters injected, unexecuted (for nbval)."""
     import papermill
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for notebook in notebooks:
         papermill.execute_notebook(str(notebook), str(out_dir / notebook.name),
-                                   parameters=notebook_parameters(notebook, profile, seeds),
+                                   parameters=notebook_parameters(notebook, profile, seeds, precision=precision),
                                    prepare_only=True, progress_bar=False)
 
 
@@ -233,7 +239,7 @@ def _show_notebook_output() -> None:
 
 
 def execute(notebooks: list[Path], profile: str, *, seeds: list[int] | None, force: bool, kernel: str,
-            report: bool) -> int:
+            report: bool, precision: str | None = None) -> int:
     """Execute ``notebooks`` in order (skipping up-to-date ones), then write the report."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -246,7 +252,7 @@ def execute(notebooks: list[Path], profile: str, *, seeds: list[int] | None, for
     print(f"run_all: profile {profile!r}, {len(notebooks)} notebook(s), seeds {seeds or 'as each notebook says'}, "
           f"data {os.environ.get('DYNPRUNE_DATA') or '(default ./data)'}", flush=True)
     for i, notebook in enumerate(notebooks, 1):
-        parameters = notebook_parameters(notebook, profile, seeds)
+        parameters = notebook_parameters(notebook, profile, seeds, precision=precision)
         executed = where.notebooks / notebook.name
         stamp_path = _stamp_path(where.notebooks, notebook)
         stamp = stamp_of(notebook, parameters, where.notebooks)
@@ -304,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=PROFILES, help="default: gpu when CUDA is available, else cpu")
     parser.add_argument("--only", action="append", metavar="NN", help="run notebook NN only (repeatable, or 01,03)")
     parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: each notebook's profile)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"),
+                        help="training precision of notebooks 02-04 (default: each profile's, bf16; "
+                             "fp32 on a CPU without native bfloat16)")
     parser.add_argument("--force", action="store_true", help="re-execute even up-to-date notebooks, retraining")
     parser.add_argument("--prepare-only", metavar="DIR", type=Path,
                         help="write the parameterised notebooks to DIR without executing them (for nbval)")
@@ -318,9 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     profile = args.profile or default_profile()
     notebooks = select_notebooks(only)
     if args.prepare_only:
-        prepare(notebooks, profile, args.prepare_only, seeds)
+        prepare(notebooks, profile, args.prepare_only, seeds, precision=args.precision)
         return 0
-    return execute(notebooks, profile, seeds=seeds, force=args.force, kernel=args.kernel, report=not args.no_report)
+    return execute(notebooks, profile, seeds=seeds, force=args.force, kernel=args.kernel, report=not args.no_report,
+                   precision=args.precision)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def _write_results(directory: Path, *, dsr: float = 0.80, dense: float = 0.805, 
         "final_train_acc": [0.9, dsr + 0.02, 0.85, 0.8], "conv_sparsity": [0.0, 0.9, 0.9, 0.0],
         "sparse_layer_sparsity": [0.0, 0.905, 0.905, math.nan], "epochs": [10] * 4,
         "seconds_per_epoch": [30.0, 33.0, 31.0, 20.0], "train_minutes": [5.0, 5.5, 5.2, 3.3],
+        "precision": ["bf16", "bf16", "bf16", "fp32"],
     })
     methods.to_csv(directory / "dynamic_cnn_methods.csv", index=False)
     pd.DataFrame({"format": ["dense (torch.save)", "CSR float32 (save_sparse)", "CSR float16 (save_sparse)"],
@@ -78,6 +79,9 @@ def test_paper_vs_ours_holds_every_reported_number_and_the_figure6_reading(tmp_p
     assert {(e, m): p for e, m, p in zip(numeric["experiment"], numeric["metric"], numeric["paper"])} == expected
     final = numeric.set_index(["experiment", "metric"]).loc[("dynamic_cnn", "final test_acc")]
     assert final["ours"] == pytest.approx(0.80) and final["difference"] == pytest.approx(0.80 - PAPER_CNN["final test_acc"])
+    assert final["conditions"].endswith("; precision=bf16")  # from the DSR row of the methods table
+    baseline = numeric.set_index(["experiment", "metric"]).loc[("baseline", "final test_acc")]
+    assert "precision" not in baseline["conditions"]
     fig6 = table[table["experiment"] == "wrn_vs_traditional"]
     assert fig6["paper_claim"].tolist() == ["higher for deep learning", "higher for traditional"]
     assert fig6["ours"].tolist() == [0.4, 0.1] and fig6["agrees"].tolist() == ["yes", "no"]

@@ -257,6 +257,7 @@ def test_method_table_aggregates_seeds_and_adds_the_baseline():
     assert table.loc["dsr", "train_minutes"] == pytest.approx(4 / 60)
     assert math.isnan(table.loc["set", "final_test_acc_std"])
     assert table.loc["baseline", "final_test_acc"] == 0.65 and table.loc["baseline", "conv_sparsity"] == 0.0
+    assert table.loc["dsr", "precision"] == runs[0].config.precision and table.loc["baseline", "precision"] == "fp32"
     with pytest.raises(ValueError, match="empty"):
         ex.method_table([])
     long = ex.histories_frame(runs)

@@ -41,6 +41,9 @@ def test_parameters_are_the_profiles_and_only_those_a_notebook_declares():
     assert smoke["train_subset"] == rn.SMOKE_PARAMETERS["train_subset"] and smoke["epochs"] == 1
     assert smoke["figures_dir"] == str(where.figures) and smoke["run_dir"] == str(where.runs / dynamic.stem)
     assert rn.notebook_parameters(baseline, "cpu", [3]) == {"seed": 3}
+    # --precision reaches the notebooks that declare it (02-04), not the baseline
+    assert rn.notebook_parameters(dynamic, "cpu", None, precision="fp32") == {"profile": "cpu", "precision": "fp32"}
+    assert rn.notebook_parameters(baseline, "cpu", None, precision="fp32") == {}
     assert rn.run_dir_of(dynamic, {}) == ROOT / "build" / "runs" / "02_dynamic_cnn"  # its declared default
 
 
