@@ -345,7 +345,9 @@ def generalization_table(
         key = _key(m.key, list(map(list, shifts)), n_gap, len(data.test_labels), seed)
         row = _cached(cache_dir, f"generalization-{key}", compute)
         shift_cols = [f"{k}@{s}" for k, s in shifts]
-        rows.append({"method": m.name, "seed": m.seed, **row, "gap": row["train_acc"] - row["test_acc"],
+        # fixed column order: the cache stores its keys sorted, a fresh computation does not
+        ordered = {k: row[k] for k in ("test_acc", "train_acc", *shift_cols)}
+        rows.append({"method": m.name, "seed": m.seed, **ordered, "gap": row["train_acc"] - row["test_acc"],
                      "shift_acc": float(np.mean([row[c] for c in shift_cols])) if shift_cols else row["test_acc"]})
     return pd.DataFrame(rows)
 

@@ -251,3 +251,18 @@ def test_data_requirements_and_raw_table_join_per_method():
                               req, base.assign(deletion_auc=[0.1, 0.2]))
     assert raw.set_index("method").loc["net", "fraction_to_reach"] == pytest.approx(0.1 * 10**0.4)
     assert math.isnan(raw.set_index("method").loc["other", "fraction_to_reach"])
+
+
+def test_generalization_table_is_the_same_fresh_and_from_its_cache(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.arange(60) % 10
+    data = dp.CIFAR10Data(images[:40], labels[:40], images[40:], labels[40:], dp.CIFAR10_CLASSES, "synthetic")
+    zero = dp.Method("always 0", lambda x: np.eye(10)[np.zeros(len(x), dtype=np.int64)], 1, 1, 1, 1, 1.0, key="zero")
+    shifts = (("gaussian_noise", 3), ("gaussian_blur", 1))
+    fresh = dp.generalization_table([zero], data, shifts=shifts, gap_images=20, cache_dir=tmp_path)
+    cached = dp.generalization_table([zero], data, shifts=shifts, gap_images=20, cache_dir=tmp_path)
+    pd.testing.assert_frame_equal(fresh, cached)
+    assert list(fresh.columns[:6]) == ["method", "seed", "test_acc", "train_acc", "gaussian_noise@3", "gaussian_blur@1"]
+    # oracle: a constant prediction is right on exactly the images of its class (2 of 20 test images)
+    assert fresh.loc[0, "test_acc"] == pytest.approx(0.1) and fresh.loc[0, "gaussian_blur@1"] == pytest.approx(0.1)
