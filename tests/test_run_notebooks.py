@@ -148,3 +148,15 @@ def test_readme_timings_sum_only_what_was_measured_from_scratch(tmp_path):
     block = update_readme.render("timings", tmp_path)
     assert "sum of the 2 notebooks measured from scratch (not measured from scratch: 01, 02, 03" in block
     assert "|      34.5 |" in block and "no (resumed)" in block
+
+
+def test_readme_smoke_timings_come_from_the_smoke_results_and_stay_when_absent(tmp_path):
+    text = "a\n<!-- smoke-timings:start -->\nold\n<!-- smoke-timings:end -->\nb"
+    smoke = tmp_path / "smoke"
+    assert update_readme.update(text, tmp_path, smoke) == text  # smoke never ran here: kept
+    smoke.mkdir()
+    pd.DataFrame({"notebook": ["01_a.ipynb"], "profile": ["smoke"], "from_scratch": [True], "minutes": [0.25],
+                  "hardware": ["x"]}).to_csv(smoke / "run_times.csv", index=False)
+    new = update_readme.update(text, tmp_path, smoke)
+    assert "old" not in new and "| smoke     | 01_a.ipynb" in new and "|      0.25 |" in new
+    assert f"from `{smoke}/run_times.csv`" in new
