@@ -24,7 +24,8 @@ def _synthetic(n: int = 192, seed: int = 0):
     return images, labels
 
 
-def _run(seed: int = 0, epochs: int = 2, checkpoint=None, loss_fn=None, pruner_cls=None, n: int = 192):
+def _run(seed: int = 0, epochs: int = 2, checkpoint=None, loss_fn=None, pruner_cls=None, n: int = 192,
+         precision: str = "fp32"):
     images, labels = _synthetic(n)
     dp.set_seed(seed)
     model = dp.BaselineCNN()
@@ -34,9 +35,17 @@ def _run(seed: int = 0, epochs: int = 2, checkpoint=None, loss_fn=None, pruner_c
     pruner = pruner_cls(model) if pruner_cls else None
     history = dp.fit(
         model, train, test, epochs=epochs, optimizer=optimizer, loss_fn=loss_fn, pruner=pruner,
-        device="cpu", checkpoint=checkpoint, progress=False, verbose=False,
+        device="cpu", checkpoint=checkpoint, progress=False, verbose=False, precision=precision,
     )
     return history, model, pruner
+
+
+@contextlib.contextmanager
+def _no_slow_bf16_warning():
+    """Silence the slow-bf16 warning on CI CPUs without native bfloat16 (tested on its own below)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "precision='bf16' on a CPU", RuntimeWarning)
+        yield
 
 
 def _same_history(a: pd.DataFrame, b: pd.DataFrame) -> None:
@@ -113,12 +122,14 @@ def test_evaluate_matches_a_direct_computation():
     assert acc == (logits.argmax(1) == labels).sum().item() / len(labels)
 
 
-def test_same_seed_same_history_bit_for_bit():
-    h1, m1, _ = _run(seed=3)
-    h2, m2, _ = _run(seed=3)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_same_seed_same_history_bit_for_bit(precision):
+    with _no_slow_bf16_warning():
+        h1, m1, _ = _run(seed=3, precision=precision)
+        h2, m2, _ = _run(seed=3, precision=precision)
+        h3, _, _ = _run(seed=4, precision=precision)
     _same_history(h1, h2)
     _same_weights(m1, m2)
-    h3, _, _ = _run(seed=4)
     assert not h1["train_loss"].equals(h3["train_loss"])
 
 
@@ -268,14 +279,6 @@ def test_figures_are_byte_identical_when_saved_twice(tmp_path):
         dp.plot_history(history, "f1")
     with pytest.raises(ValueError, match="lacks"):
         dp.plot_history(history.drop(columns="test_acc"), "acc")
-
-
-@contextlib.contextmanager
-def _no_slow_bf16_warning():
-    """Silence the slow-bf16 warning on CI CPUs without native bfloat16 (tested on its own below)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "precision='bf16' on a CPU", RuntimeWarning)
-        yield
 
 
 class _DtypeProbe(nn.Module):
