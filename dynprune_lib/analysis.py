@@ -85,12 +85,13 @@ def paper_vs_ours(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
     method) in ``ours`` and whether they agree in ``agrees``.
     """
     frames = []
-    for name in ("baseline_vs_paper.csv", "dynamic_cnn_vs_paper.csv"):
-        table = read_result(results_dir, name)
-        frames.append(table.assign(paper_claim="", agrees="", source=name))
+    baseline = read_result(results_dir, "baseline_vs_paper.csv")
+    cnn = read_result(results_dir, "dynamic_cnn_vs_paper.csv")
     # the DSR CNN's training precision (notebook 02's profile) belongs to its conditions
     dsr = read_result(results_dir, "dynamic_cnn_methods.csv").set_index("method").loc["dsr"]
-    frames[-1]["conditions"] = frames[-1]["conditions"] + f"; precision={dsr['precision']}"
+    cnn["conditions"] = cnn["conditions"] + f"; precision={dsr['precision']}"
+    for name, table in (("baseline_vs_paper.csv", baseline), ("dynamic_cnn_vs_paper.csv", cnn)):
+        frames.append(table.assign(paper_claim="", agrees="", source=name))
     claims = read_result(results_dir, "fig6_paper_claims.csv")
     aspects = read_result(results_dir, "fig6_aspects.csv")
     published = read_result(results_dir, "wrn_vs_published.csv")

@@ -32,7 +32,7 @@ from . import aspects
 from .data import BatchLoader, CIFAR10Data, _stratified_indices
 from .recipes import WRNRecipe, build_training, make_loaders, wrn_recipe
 from .traditional import DEFAULT_CS, FeatureConfig, TraditionalClassifier, traditional_flops
-from .train import PRECISIONS, fit, set_seed
+from .train import check_precision, fit, set_seed
 
 __all__ = [
     "PAPER_CLAIMS",
@@ -111,8 +111,8 @@ class ComparisonProfile:
         if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)
                                         or self.epochs < 1):
             raise ValueError(f"epochs must be None or a positive int, got {self.epochs!r}")
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be None or one of {PRECISIONS}, got {self.precision!r}")
+        if self.precision is not None:
+            check_precision(self.precision)
         for kind, severity in self.shifts:
             aspects.shift_images(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), kind, severity)  # validates
 

@@ -49,7 +49,7 @@ from .layers import erk_sparsities, sparse_modules
 from .models import MLP, BaselineCNN, DynamicCNN
 from .paper import PAPER
 from .schedulers import DSR, SET, MagnitudePruning, RigL
-from .train import PRECISIONS, fit, set_seed
+from .train import check_precision, fit, set_seed
 
 __all__ = [
     "BASELINE_PROTOCOL",
@@ -185,8 +185,7 @@ class ExperimentConfig:
         for value in (self.sparsity, *self.sparsities, *self.inference_sparsities):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"sparsities must be in [0, 1), got {value!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_precision(self.precision)
         if self.distribution not in ("erk", "uniform"):
             raise ValueError(f"distribution must be 'erk' or 'uniform', got {self.distribution!r}")
         if self.magnitude_scope not in ("global", "layer"):

@@ -35,7 +35,7 @@ from torch import nn
 from .data import BatchLoader, CIFAR10Data
 from .models import WideResNet
 from .schedulers import DSR
-from .train import PRECISIONS
+from .train import check_precision
 
 __all__ = [
     "WRN_RECIPES",
@@ -87,8 +87,7 @@ class WRNRecipe:
             raise ValueError(f"milestones must be increasing epochs >= 1, got {self.milestones!r}")
         if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity must be None or in [0, 1), got {self.sparsity!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_precision(self.precision)
         if self.sparsity is None and self.dsr:
             raise ValueError("dsr settings need sparsity (a dense recipe has no DSR)")
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))

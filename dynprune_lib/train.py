@@ -189,8 +189,9 @@ def fit(
 
     ``precision="bf16"`` runs the training forward pass and loss under bfloat16
     autocast (mixed precision: weights, gradients, optimizer state and the
-    per-epoch evaluation stay float32), 1.6-2.2x faster per step on CPUs with
-    AMX and on recent GPUs; the reported accuracy is the float32 model's.
+    per-epoch evaluation stay float32), faster per step on CPUs with AMX and on
+    recent GPUs (``bench/bench_precision.py`` measures it); the reported
+    accuracy is the float32 model's.
 
     Raises ``TrainingDivergedError`` on a NaN/inf loss and ``CheckpointError``
     for an unreadable checkpoint or one written by a different run; neither
@@ -216,8 +217,7 @@ def fit(
                     f"checkpointing needs train_loader.{name}() to save and restore its "
                     f"shuffling state; {type(train_loader).__name__} has none"
                 )
-    fingerprint = _fingerprint(model, optimizer, train_loader, pruner)
-    fingerprint["precision"] = precision
+    fingerprint = _fingerprint(model, optimizer, train_loader, pruner, precision)
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -275,12 +275,12 @@ def fit(
     return _history_frame(history)
 
 
-def check_precision(precision: str, device: str | torch.device) -> None:
-    """Raise for an unknown ``precision`` or bf16 on a GPU without it; warn for bf16 on a CPU
-    without native bfloat16 (correct, but slower than float32 there)."""
+def check_precision(precision: str, device: str | torch.device | None = None) -> None:
+    """Raise for an unknown ``precision``; with ``device``, also raise for bf16 on a GPU without
+    it and warn for bf16 on a CPU without native bfloat16 (correct, but slower than float32)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision != "bf16":
+    if precision != "bf16" or device is None:
         return
     device = resolve_device(device)
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -344,7 +344,7 @@ def _check_finite(losses: list[torch.Tensor], epoch: int, first_step: int) -> No
         )
 
 
-def _fingerprint(model, optimizer, train_loader, pruner) -> dict[str, Any]:
+def _fingerprint(model, optimizer, train_loader, pruner, precision) -> dict[str, Any]:
     """What must match for a checkpoint to belong to this run (epochs may grow)."""
     hyper = {
         k: v for k, v in optimizer.defaults.items() if isinstance(v, (int, float, str, bool)) or v is None
@@ -356,6 +356,7 @@ def _fingerprint(model, optimizer, train_loader, pruner) -> dict[str, Any]:
         "optimizer_defaults": repr(sorted(hyper.items())),
         "batches_per_epoch": len(train_loader) if hasattr(train_loader, "__len__") else -1,
         "pruner": type(pruner).__name__ if pruner is not None else "",
+        "precision": precision,
     }
 
 
