@@ -1,4 +1,4 @@
-"""Size of pruned models in CSR storage against dense storage and its limits (issue 4).
+"""Size of pruned models in CSR storage against dense storage and its limits.
 
 For each model and sparsity, bytes on disk of:
 
@@ -29,9 +29,7 @@ Targets (computed, written to the JSON): lossless >= 7.5x smaller than dense at
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import math
 import tempfile
 import time
@@ -41,8 +39,12 @@ from pathlib import Path
 import torch
 
 import dynprune_lib as dp
-from _common import machine_info  # bench/ is sys.path[0] when run as a script
+from dynprune_lib import study
 from dynprune_lib.csr import plain_csr_nbytes
+
+from _common import bench_parser, write_result  # bench/ is sys.path[0] when run as a script
+
+NAME = "bench_csr_storage"
 
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.99)
 MODES = ("float32", "float16", "int8")
@@ -149,22 +151,33 @@ def storage_accuracy_change(epochs: int, sparsity: float = 0.9, seed: int = 0) -
     test = dp.BatchLoader(data.test_images, data.test_labels, batch_size=1000)
     dp.set_seed(seed)
     model = dp.BaselineCNN()
-    dp.fit(model, train, test, epochs=epochs, optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
-           device="cpu", progress=False, verbose=False)
+    dp.fit(
+        model,
+        train,
+        test,
+        epochs=epochs,
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
+        device="cpu",
+        progress=False,
+        verbose=False,
+    )
     dp.sparsify(model, sparsity)
     out = {"model": "BaselineCNN", "trained_epochs": epochs, "sparsity": sparsity, "data": Path(data.source).name}
     for mode in ("float32", "float16", "int8"):
-        out[mode] = dp.accuracy_after_roundtrip(model, test, mode)
+        out[mode] = study.accuracy_after_roundtrip(model, test, mode)
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(NAME, __doc__)
     parser.add_argument("--models", nargs="+", default=["BaselineCNN", "MLP", "DynamicCNN", "WRN-28-2"])
-    parser.add_argument("--out", type=Path, default=Path("results/bench_csr_storage.json"))
-    parser.add_argument("--accuracy-epochs", type=int, default=1,
-                        help="epochs to train the model whose float16/int8 accuracy change is reported "
-                             "(needs CIFAR-10, see the README; 0 skips it)")
+    parser.add_argument(
+        "--accuracy-epochs",
+        type=int,
+        default=1,
+        help="epochs to train the model whose float16/int8 accuracy change is reported "
+        "(needs CIFAR-10, see the README; 0 skips it)",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
 
@@ -204,8 +217,6 @@ def main() -> None:
                     }
                 )
     result = {
-        "benchmark": "bench_csr_storage",
-        "description": __doc__.split("\n\n")[0],
         "sparsities": list(SPARSITIES),
         "rows": rows,
         "targets": targets,
@@ -219,10 +230,8 @@ def main() -> None:
         "all_lossless_bit_exact": all(r["lossless_outputs_bit_exact"] for r in rows),
         "storage_accuracy_change": storage_accuracy_change(args.accuracy_epochs) if args.accuracy_epochs else None,
         "seconds": time.perf_counter() - start,
-        "machine": machine_info(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args, NAME, __doc__, result)
     print(f"targets met: {len(result['targets_met'])}/{len(targets)}")
     if result["storage_accuracy_change"]:
         for mode in ("float16", "int8"):
@@ -230,7 +239,7 @@ def main() -> None:
             print(f"  test accuracy change from {mode} storage: {100 * change:+.2f} points")
     for line in result["targets_missed"]:
         print("  missed:", line)
-    print(f"wrote {args.out} in {result['seconds']:.0f} s")
+    print(f"took {result['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Cost of dynamic sparse training with DSR against dense training (issue 3).
+"""Cost of dynamic sparse training with DSR against dense training.
 
 BaselineCNN (the paper's CNN) at batch 32 with Adam (the paper's Keras
 defaults), on random CIFAR-sized inputs (the timing does not depend on the
@@ -25,19 +25,19 @@ dense one. Writes ``results/bench_dsr_overhead.json``.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import dynprune_lib as dp
-from _common import machine_info  # bench/ is sys.path[0] when run as a script
+
+from _common import bench_parser, write_result  # bench/ is sys.path[0] when run as a script
+
+NAME = "bench_dsr_overhead"
 
 BATCH = 32
 TRAIN_IMAGES = 50_000
@@ -47,8 +47,7 @@ TARGET_OVERHEAD = 0.10
 def make_variants(sparsity: float, device: torch.device):
     dp.set_seed(0)
     dense = dp.BaselineCNN().to(device)
-    sparse = dp.sparsify(copy.deepcopy(dense), sparsity, mask_init="random",
-                         generator=torch.Generator().manual_seed(0))
+    sparse = dp.sparsify(copy.deepcopy(dense), sparsity, mask_init="random", generator=torch.Generator().manual_seed(0))
     masked = copy.deepcopy(sparse)
     variants = {}
     for name, model in (("dense", dense), ("masked", masked), ("dsr", sparse)):
@@ -75,7 +74,7 @@ def run_steps(model, opt, pruner, data, n: int, times: list[float] | None) -> No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(NAME, __doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=200, help="steps per variant per round")
     parser.add_argument("--warmup", type=int, default=30)
@@ -83,7 +82,6 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=Path("results/bench_dsr_overhead.json"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,7 +99,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for r in range(args.rounds):
-        for name in names[r % 3:] + names[: r % 3]:  # rotate the order: no position bias
+        for name in names[r % 3 :] + names[: r % 3]:  # rotate the order: no position bias
             model, opt, pruner = variants[name]
             run_steps(model, opt, pruner, data, args.steps, times[name])
 
@@ -135,7 +133,6 @@ def main() -> None:
     ratio_mean = summary["dsr"]["epoch_estimate_from_mean_s"] / summary["dense"]["epoch_estimate_from_mean_s"]
     layers = dict(dp.sparse_modules(model))
     result = {
-        "benchmark": "bench_dsr_overhead",
         "model": "BaselineCNN",
         "batch_size": BATCH,
         "optimizer": "Adam(lr=1e-3)",
@@ -145,30 +142,29 @@ def main() -> None:
         },
         "dsr": {"n_prune": pruner.n_prune, "period": pruner.period, "updates_during_timing": updates_timed},
         "variants": summary,
-        "dsr_update_ms": {"median": 1e3 * statistics.median(update_times), "max": 1e3 * max(update_times),
-                          "calls": len(update_times)},
+        "dsr_update_ms": {
+            "median": 1e3 * statistics.median(update_times),
+            "max": 1e3 * max(update_times),
+            "calls": len(update_times),
+        },
         "dsr_vs_dense_epoch_ratio": ratio,
         "dsr_vs_dense_epoch_ratio_from_means": ratio_mean,
         "dsr_updates_per_epoch": updates_per_epoch,
         "masked_vs_dense_median_step_ratio": summary["masked"]["median_step_ms"] / summary["dense"]["median_step_ms"],
         "target_ratio": 1.0 + TARGET_OVERHEAD,
         "meets_target": ratio <= 1.0 + TARGET_OVERHEAD,
-        "machine": {
-            **machine_info(),
-            "device": str(device),
-            "loadavg_before": load_before,
-            "loadavg_after": load_after,
-        },
-        "settings": {"rounds": args.rounds, "steps": args.steps, "warmup": args.warmup},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args, NAME, __doc__, result, device=str(device), loadavg_before=load_before, loadavg_after=load_after)
     for name, s in summary.items():
-        print(f"{name:7s} median {s['median_step_ms']:.2f} ms/step  mean {s['mean_step_ms']:.2f}  "
-              f"epoch ~{s['epoch_estimate_s']:.1f} s")
+        print(
+            f"{name:7s} median {s['median_step_ms']:.2f} ms/step  mean {s['mean_step_ms']:.2f}  "
+            f"epoch ~{s['epoch_estimate_s']:.1f} s"
+        )
     print(f"DSR update: median {result['dsr_update_ms']['median']:.2f} ms")
-    print(f"DSR/dense epoch ratio {ratio:.3f} (target <= {1 + TARGET_OVERHEAD:.2f}); "
-          f"load {load_before[0]:.2f} -> {load_after[0]:.2f}; wrote {args.out}")
+    print(
+        f"DSR/dense epoch ratio {ratio:.3f} (target <= {1 + TARGET_OVERHEAD:.2f}); "
+        f"load {load_before[0]:.2f} -> {load_after[0]:.2f}"
+    )
 
 
 if __name__ == "__main__":

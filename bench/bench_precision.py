@@ -13,17 +13,17 @@ medians are reported, with the speed-up fp32 / bf16. Writes
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-from pathlib import Path
 
 import torch
 from torch.utils import benchmark
 
 import dynprune_lib as dp
-from dynprune_lib import experiments as ex
-from _common import machine_info  # bench/ is sys.path[0] when run as a script
+from dynprune_lib import study
+
+from _common import bench_parser, write_result  # bench/ is sys.path[0] when run as a script
+
+NAME = "bench_precision"
 
 BATCH = 128
 
@@ -31,9 +31,9 @@ BATCH = 128
 def networks() -> dict[str, torch.nn.Module]:
     dp.set_seed(0)
     return {
-        "DynamicCNN (notebook 02, cpu profile)": ex.build_model(ex.experiment_profile("dynamic_cnn", "cpu")),
-        "MLP (notebook 03, cpu profile)": ex.build_model(ex.experiment_profile("dynamic_mlp", "cpu")),
-        "WRN-10-2 (notebook 04, cpu recipe)": dp.build_training(dp.wrn_recipe("wrn-10-2-cpu")).model,
+        "DynamicCNN (notebook 02, cpu profile)": study.build_model(study.experiment_profile("dynamic_cnn", "cpu")),
+        "MLP (notebook 03, cpu profile)": study.build_model(study.experiment_profile("dynamic_mlp", "cpu")),
+        "WRN-10-2 (notebook 04, cpu recipe)": study.build_training(study.wrn_recipe("wrn-10-2-cpu")).model,
     }
 
 
@@ -56,12 +56,11 @@ def step_seconds(model: torch.nn.Module, precision: str, seconds: float) -> floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(NAME, __doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0, help="timing per network, precision and round")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "results")
     args = parser.parse_args()
-    dp.check_precision("bf16", "cpu")  # warns here if this CPU has no native bfloat16
+    dp.train.check_precision("bf16", "cpu")  # warns here if this CPU has no native bfloat16
     rows = []
     for name, model in networks().items():
         times: dict[str, list[float]] = {"fp32": [], "bf16": []}
@@ -69,14 +68,18 @@ def main() -> None:
             for precision in ("fp32", "bf16"):
                 times[precision].append(step_seconds(model, precision, args.seconds))
         fp32, bf16 = statistics.median(times["fp32"]), statistics.median(times["bf16"])
-        rows.append({"network": name, "batch": BATCH, "fp32_ms_per_step": 1e3 * fp32,
-                     "bf16_ms_per_step": 1e3 * bf16, "speedup": fp32 / bf16})
+        rows.append(
+            {
+                "network": name,
+                "batch": BATCH,
+                "fp32_ms_per_step": 1e3 * fp32,
+                "bf16_ms_per_step": 1e3 * bf16,
+                "speedup": fp32 / bf16,
+            }
+        )
         print(f"{name}: fp32 {1e3 * fp32:.1f} ms, bf16 {1e3 * bf16:.1f} ms per step ({fp32 / bf16:.2f}x)", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "bench_precision.json"
-    native = dp.train._cpu_has_native_bf16()  # the check fit's warning uses
-    path.write_text(json.dumps({"machine": machine_info(), "native_cpu_bf16": native, "results": rows}, indent=2) + "\n")
-    print(f"wrote {path}")
+    # native_cpu_bf16: the check behind fit's warning
+    write_result(args, NAME, __doc__, {"networks": rows}, native_cpu_bf16=dp.train.cpu_has_native_bf16())
 
 
 if __name__ == "__main__":

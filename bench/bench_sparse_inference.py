@@ -1,4 +1,4 @@
-"""Latency of sparse (CSR) against dense inference on CPU (issue 4).
+"""Latency of sparse (CSR) against dense inference on CPU.
 
 For the MLP of DynamicLinear layers and the DynamicCNN at sparsity 0.5, 0.8,
 0.9, 0.95 and 0.99, batch 1 and 128, with 1 and 2 threads, in one run:
@@ -26,20 +26,21 @@ processes share the machine, see ``loadavg`` in the JSON). Writes
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import os
 import statistics
 import time
 import warnings
-from pathlib import Path
+from functools import partial
 
 import torch
 
 import dynprune_lib as dp
-from _common import machine_info  # bench/ is sys.path[0] when run as a script
-from dynprune_lib.inference import LayerChoice
+from dynprune_lib.inference import LayerChoice, time_interleaved
+
+from _common import bench_parser, write_result  # bench/ is sys.path[0] when run as a script
+
+NAME = "bench_sparse_inference"
 
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.99)
 BATCHES = (1, 128)
@@ -64,26 +65,11 @@ def build(name: str, sparsity: float) -> torch.nn.Module:
 
 
 @torch.inference_mode()
-def time_interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, warmup: int, repeats: int) -> dict:
-    """Median and minimum ms per call of each model, calls alternating between the models.
-
-    Up to ``warmup`` warm-up rounds (at least one, at most ~1 s), then ``repeats``
-    timed rounds or fewer for slow models (~2 s per model, at least 3 rounds).
-    """
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < max(1, warmup) and (rounds == 0 or time.perf_counter() - start < 1.0):
-        for model in models.values():
-            model(x)
-        rounds += 1
-    per_call = (time.perf_counter() - start) / (rounds * len(models))
-    n = max(3, min(repeats, int(2.0 / per_call)))
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(n):
-        for name, model in models.items():
-            start = time.perf_counter()
-            model(x)
-            times[name].append(time.perf_counter() - start)
+def timed(models: dict[str, torch.nn.Module], x: torch.Tensor, warmup: int, repeats: int) -> dict:
+    """Median and minimum ms per call of each model, calls alternating between the models
+    (:func:`dynprune_lib.inference.time_interleaved`: ``repeats`` rounds or ~2 s per model)."""
+    fns = {name: partial(model, x) for name, model in models.items()}
+    times = time_interleaved(fns, repeats=repeats, budget_s=2.0 * len(models), warmup=warmup)
     return {
         name: {"median_ms": 1e3 * statistics.median(t), "min_ms": 1e3 * min(t), "calls": len(t)}
         for name, t in times.items()
@@ -101,7 +87,7 @@ def run_one(name: str, sparsity: float, batch: int, args) -> dict:
     with torch.inference_mode():
         expected, got = dense(x), sparse(x)
     error = (got - expected).abs().max().item() / max(1.0, expected.abs().max().item())
-    timing = time_interleaved({"dense": dense, "sparse": sparse}, x, args.warmup, args.repeats)
+    timing = timed({"dense": dense, "sparse": sparse}, x, args.warmup, args.repeats)
     return {
         "model": name,
         "sparsity": sparsity,
@@ -131,12 +117,11 @@ def run_one(name: str, sparsity: float, batch: int, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(NAME, __doc__)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--models", nargs="+", default=["MLP", "DynamicCNN"])
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("results/bench_sparse_inference.json"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
 
@@ -190,8 +175,6 @@ def main() -> None:
         }
     )
     result = {
-        "benchmark": "bench_sparse_inference",
-        "description": __doc__.split("\n\n")[0],
         "rows": rows,
         "targets": targets,
         "targets_met": [f"{t['target']} ({t.get('threads', 'all')} threads)" for t in targets if t["met"]],
@@ -206,22 +189,23 @@ def main() -> None:
         # worst with 2 threads (an OpenMP kernel waits for its slowest thread).
         "machine_contended": max(load_before[0], load_after[0]) > (os.cpu_count() or 1),
         "seconds": time.perf_counter() - start,
-        "machine": {
-            **machine_info(),
-            "mkl": torch.backends.mkl.is_available(),
-            "loadavg_before": load_before,
-            "loadavg_after": load_after,
-        },
-        "settings": {"repeats": args.repeats, "warmup": args.warmup, "noise_allowance": NOISE_ALLOWANCE},
+        "noise_allowance": NOISE_ALLOWANCE,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(
+        args,
+        NAME,
+        __doc__,
+        result,
+        mkl=torch.backends.mkl.is_available(),
+        loadavg_before=load_before,
+        loadavg_after=load_after,
+    )
     print(f"targets met: {len(result['targets_met'])}/{len(targets)}")
     for line in result["targets_missed"]:
         print("  missed:", line)
     if result["machine_contended"]:
         print("warning: the load average exceeded the number of cores; timings include other processes")
-    print(f"load {load_before[0]:.2f} -> {load_after[0]:.2f}; wrote {args.out} in {result['seconds']:.0f} s")
+    print(f"load {load_before[0]:.2f} -> {load_after[0]:.2f}; took {result['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

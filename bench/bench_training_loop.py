@@ -1,4 +1,4 @@
-"""Overhead of the library's data pipeline and training loop (issue 2).
+"""Overhead of the library's data pipeline and training loop.
 
 One epoch of BaselineCNN on CIFAR-10 at batch 32 on CPU, three ways, in one run:
 
@@ -20,11 +20,9 @@ of ``minimal``. Writes ``results/bench_training_loop.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +31,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 import dynprune_lib as dp
-from _common import machine_info  # bench/ is sys.path[0] when run as a script
+
+from _common import bench_parser, write_result  # bench/ is sys.path[0] when run as a script
+
+NAME = "bench_training_loop"
 
 BATCH = 32
 TARGET_OVERHEAD = 0.05
@@ -90,8 +91,13 @@ def run_torchvision(data, seed: int, workers: int) -> float:
     model = dp.BaselineCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(seed)
-    train = DataLoader(PILDataset(data.train_images, data.train_labels), batch_size=BATCH, shuffle=True,
-                       generator=generator, num_workers=workers)
+    train = DataLoader(
+        PILDataset(data.train_images, data.train_labels),
+        batch_size=BATCH,
+        shuffle=True,
+        generator=generator,
+        num_workers=workers,
+    )
     test = DataLoader(PILDataset(data.test_images, data.test_labels), batch_size=1000, num_workers=workers)
     start = time.perf_counter()
     model.train()
@@ -108,11 +114,10 @@ def run_torchvision(data, seed: int, workers: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(NAME, __doc__)
     parser.add_argument("--data", default=None, help="CIFAR-10 location (default: $DYNPRUNE_DATA, ./data)")
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--train-images", type=int, default=None, help="epoch size (default: all 50,000)")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "results" / "bench_training_loop.json"))
     args = parser.parse_args()
 
     data = dp.load_cifar10(args.data)
@@ -132,14 +137,16 @@ def main() -> None:
     order = []
     for repeat in range(args.repeats):
         order += [("fit", repeat), ("minimal", repeat)][:: 1 if repeat % 2 == 0 else -1]
-    order += [(name, r) for r in range(max(1, args.repeats // 2)) for name in variants if name.startswith("torchvision")]
+    order += [
+        (name, r) for r in range(max(1, args.repeats // 2)) for name in variants if name.startswith("torchvision")
+    ]
     for name, repeat in order:
         times[name].append(variants[name](repeat))
         print(f"{name} run {len(times[name])}: {times[name][-1]:.2f} s", flush=True)
     median = {name: statistics.median(t) for name, t in times.items()}
     overhead = median["fit"] / median["minimal"] - 1
     result = {
-        "benchmark": "one epoch of BaselineCNN, batch 32, CPU, train + test evaluation",
+        "workload": "one epoch of BaselineCNN, batch 32, CPU, train + test evaluation",
         "train_images": int(len(data.train_labels)),
         "test_images": int(len(data.test_labels)),
         "repeats": args.repeats,
@@ -151,13 +158,17 @@ def main() -> None:
         "torchvision_pipeline_vs_fit": {
             name: median[name] / median["fit"] for name in median if name.startswith("torchvision")
         },
-        "machine": machine_info(),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("median_seconds", "fit_overhead_vs_minimal", "target_met",
-                                             "torchvision_pipeline_vs_fit")}, indent=2))
+    write_result(args, NAME, __doc__, result)
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in ("median_seconds", "fit_overhead_vs_minimal", "target_met", "torchvision_pipeline_vs_fit")
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

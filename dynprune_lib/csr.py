@@ -66,10 +66,9 @@ import io
 import math
 import os
 import struct
-import tempfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -77,13 +76,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._utils import atomic_write
 from .layers import sparse_modules
 
 __all__ = [
     "CSRFormatError",
     "CSRMatrix",
     "ValueMode",
-    "accuracy_after_roundtrip",
     "decode",
     "encode",
     "load_sparse",
@@ -406,8 +405,10 @@ def _rice_decode(
     unary = _unpack_bits(unary_raw, unary_bits, "unary section")
     ends = np.flatnonzero(unary == 0)  # each code's terminating zero
     if len(ends) != nnz or (nnz and ends[-1] != unary_bits - 1):
-        raise _fail(f"unary section holds {len(ends)} codes ending at bit {ends[-1] if len(ends) else None}, "
-                    f"expected {nnz} ending at bit {unary_bits - 1}")
+        raise _fail(
+            f"unary section holds {len(ends)} codes ending at bit {ends[-1] if len(ends) else None}, "
+            f"expected {nnz} ending at bit {unary_bits - 1}"
+        )
     if nnz == 0:
         return np.zeros(0, dtype=np.int64)
     quotients = np.diff(ends, prepend=-1) - 1
@@ -484,7 +485,7 @@ def _model_entries(model: nn.Module, values: ValueMode) -> Iterator[tuple[str, i
     """(key, kind, tensor, payload) for every state_dict entry; masks travel inside their CSR weight."""
     state = model.state_dict()
     sparse_keys = {}
-    for name, module in sparse_modules(model):
+    for name, _module in sparse_modules(model):
         prefix = f"{name}." if name else ""
         sparse_keys[f"{prefix}weight"] = f"{prefix}mask"
     masks = set(sparse_keys.values())
@@ -513,24 +514,6 @@ def _write_entry(out: io.BufferedIOBase, key: str, kind: int, tensor: torch.Tens
     out.write(payload)
 
 
-def _atomic_write(path: str | os.PathLike[str], chunks: Iterable[bytes]) -> None:
-    """Write to a temporary file beside ``path`` and rename it: readers never see half a file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".dpsm", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def model_to_bytes(model: nn.Module, values: ValueMode = "float32") -> bytes:
     """The bytes :func:`save_sparse` writes (a ``DPSM`` file)."""
     buffer = io.BytesIO()
@@ -554,7 +537,7 @@ def save_sparse(model: nn.Module, path: str | os.PathLike[str], values: ValueMod
     ``values`` applies to the sparse weights only; everything else is exact.
     """
     data = model_to_bytes(model, values)
-    _atomic_write(path, [data])
+    atomic_write(path, data)
     return len(data)
 
 
@@ -685,21 +668,3 @@ def roundtrip_model(model: nn.Module, values: ValueMode = "float32") -> nn.Modul
     clone = copy.deepcopy(model)
     clone.load_state_dict(model_from_bytes(model_to_bytes(model, values)))
     return clone
-
-
-def accuracy_after_roundtrip(
-    model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    values: ValueMode = "float16",
-    device: str | torch.device | None = None,
-) -> dict[str, float]:
-    """Test accuracy of a trained ``model`` before and after storage in ``values`` mode.
-
-    Returns ``{"accuracy": ..., "accuracy_roundtrip": ..., "change": after - before}``;
-    this is how the cost of float16/int8 storage is reported.
-    """
-    from .train import evaluate
-
-    _, before = evaluate(model, loader, device=device)
-    _, after = evaluate(roundtrip_model(model, values), loader, device=device)
-    return {"accuracy": before, "accuracy_roundtrip": after, "change": after - before}

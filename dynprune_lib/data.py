@@ -28,9 +28,7 @@ import json
 import math
 import os
 import pickle
-import sys
 import tarfile
-import tempfile
 import warnings
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,6 +41,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ._utils import atomic_write, check_int, progress_enabled
+
 __all__ = [
     "CIFAR10_CLASSES",
     "BatchLoader",
@@ -50,13 +50,23 @@ __all__ = [
     "DataError",
     "channel_stats",
     "load_cifar10",
+    "make_loaders",
+    "stratified_indices",
 ]
 
 #: Canonical CIFAR-10 label order (label i is ``CIFAR10_CLASSES[i]``); it is
 #: also the alphabetical order, which is how image folders are mapped to labels.
 CIFAR10_CLASSES: tuple[str, ...] = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 
 _IMAGE_SHAPE = (3, 32, 32)
@@ -116,16 +126,21 @@ class CIFAR10Data:
             images = getattr(self, f"{split}_images")
             labels = getattr(self, f"{split}_labels")
             if images.dtype != torch.uint8 or images.dim() != 4:
-                raise ValueError(f"{split}_images must be a uint8 (N, C, H, W) tensor, "
-                                 f"got {images.dtype} {tuple(images.shape)}")
+                raise ValueError(
+                    f"{split}_images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}"
+                )
             if labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
-                raise ValueError(f"{split}_labels must be an int64 ({images.shape[0]},) tensor, "
-                                 f"got {labels.dtype} {tuple(labels.shape)}")
+                raise ValueError(
+                    f"{split}_labels must be an int64 ({images.shape[0]},) tensor, "
+                    f"got {labels.dtype} {tuple(labels.shape)}"
+                )
 
     def __repr__(self) -> str:
-        return (f"CIFAR10Data(train={tuple(self.train_images.shape)}, "
-                f"test={tuple(self.test_images.shape)}, classes={len(self.classes)}, "
-                f"source={self.source!r})")
+        return (
+            f"CIFAR10Data(train={tuple(self.train_images.shape)}, "
+            f"test={tuple(self.test_images.shape)}, classes={len(self.classes)}, "
+            f"source={self.source!r})"
+        )
 
     @property
     def num_classes(self) -> int:
@@ -141,17 +156,24 @@ class CIFAR10Data:
         when the source is balanced), in the original order; for smoke tests.
         ``None`` keeps a split whole."""
         gen = torch.Generator().manual_seed(seed)
-        train = _stratified_indices(self.train_labels, n_train, gen)
-        test = _stratified_indices(self.test_labels, n_test, gen)
+        train = stratified_indices(self.train_labels, n_train, gen)
+        test = stratified_indices(self.test_labels, n_test, gen)
         return CIFAR10Data(
-            self.train_images[train], self.train_labels[train],
-            self.test_images[test], self.test_labels[test],
-            self.classes, self.source,
+            self.train_images[train],
+            self.train_labels[train],
+            self.test_images[test],
+            self.test_labels[test],
+            self.classes,
+            self.source,
         )
 
 
-def _stratified_indices(labels: torch.Tensor, n: int | None, gen: torch.Generator) -> torch.Tensor:
-    """n indices into labels: a random round-robin over the classes, sorted."""
+def stratified_indices(labels: torch.Tensor, n: int | None, gen: torch.Generator | int) -> torch.Tensor:
+    """``n`` indices into ``labels``, sorted: a seeded round-robin over the classes, so class
+    counts differ by at most one on balanced labels and, for one seed, a smaller ``n`` is a
+    subset of a larger one. ``gen``: a CPU generator or a seed; ``n=None`` keeps every index."""
+    if not isinstance(gen, torch.Generator):
+        gen = torch.Generator().manual_seed(check_int(gen, "seed", None))
     total = labels.numel()
     if n is None:
         return torch.arange(total)
@@ -176,8 +198,11 @@ def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[0] == 0:
         raise ValueError("channel_stats needs a non-empty uint8 (N, C, H, W) tensor")
-    counts = torch.stack([torch.bincount(images[:, c].reshape(-1), minlength=256)
-                          for c in range(images.shape[1])]).cpu().double()
+    counts = (
+        torch.stack([torch.bincount(images[:, c].reshape(-1), minlength=256) for c in range(images.shape[1])])
+        .cpu()
+        .double()
+    )
     values = torch.arange(256, dtype=torch.float64) / 255
     mean = counts @ values / counts.sum(1)
     var = counts @ values.square() / counts.sum(1) - mean.square()
@@ -238,8 +263,7 @@ def _find_source(path: Path) -> _Source | None:
             return _Source(found_kind, candidates[0])  # type: ignore[arg-type]
         if len(candidates) > 1:
             names = ", ".join(p.name for p in candidates)
-            raise _error(path, f"holds several candidate CIFAR-10 copies ({names}); "
-                               "pass root= to pick one")
+            raise _error(path, f"holds several candidate CIFAR-10 copies ({names}); pass root= to pick one")
     return None
 
 
@@ -250,12 +274,18 @@ def _download(location: Path) -> None:
     from torchvision.datasets.utils import download_and_extract_archive
 
     try:
-        download_and_extract_archive(CIFAR10.url, download_root=str(location),
-                                     filename=CIFAR10.filename, md5=CIFAR10.tgz_md5,
-                                     remove_finished=True)
+        download_and_extract_archive(
+            CIFAR10.url,
+            download_root=str(location),
+            filename=CIFAR10.filename,
+            md5=CIFAR10.tgz_md5,
+            remove_finished=True,
+        )
     except Exception as exc:  # offline, md5 mismatch, disk full, ...: all the same to the user
-        raise _error(location.resolve(), f"no CIFAR-10 data found there, and downloading "
-                                         f"{CIFAR10.url} failed ({type(exc).__name__}: {exc})") from exc
+        raise _error(
+            location.resolve(),
+            f"no CIFAR-10 data found there, and downloading {CIFAR10.url} failed ({type(exc).__name__}: {exc})",
+        ) from exc
 
 
 # --------------------------------------------------------------------- decoding
@@ -294,8 +324,9 @@ def _unpickle_batch(raw: bytes, where: str) -> dict[str, Any]:
     try:
         obj = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except _ForbiddenGlobal as exc:
-        raise _error(where, f"the pickle refers to {exc}, which a CIFAR-10 batch file never "
-                            "needs; refusing to load it") from None
+        raise _error(
+            where, f"the pickle refers to {exc}, which a CIFAR-10 batch file never needs; refusing to load it"
+        ) from None
     except Exception as exc:
         raise _error(where, f"not a readable CIFAR-10 batch file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, dict):
@@ -322,10 +353,15 @@ def _parse_batches(raw: Mapping[str, bytes], where: str) -> dict[str, Any]:
             batch_where = f"{where}/{name}"
             batch = _unpickle_batch(raw[name], batch_where)
             data, batch_labels = batch.get("data"), batch.get("labels")
-            if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
-                    or data.shape[1] != math.prod(_IMAGE_SHAPE):
-                desc = (f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray)
-                        else type(data).__name__)
+            if (
+                not isinstance(data, np.ndarray)
+                or data.dtype != np.uint8
+                or data.ndim != 2
+                or data.shape[1] != math.prod(_IMAGE_SHAPE)
+            ):
+                desc = (
+                    f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+                )
                 raise _error(batch_where, f"'data' must be a uint8 N x 3072 array, found {desc}")
             try:
                 label_array = np.asarray(batch_labels)
@@ -346,8 +382,7 @@ def _class_folders(split_tree: Mapping[str, list[tuple[str, Any]]], where: str) 
     """Check that a split holds exactly the CIFAR-10 class folders, none empty."""
     unexpected = sorted(set(split_tree) - set(CIFAR10_CLASSES))
     if unexpected:
-        raise _error(where, f"unexpected class folder(s) {unexpected}; expected exactly "
-                            f"{list(CIFAR10_CLASSES)}")
+        raise _error(where, f"unexpected class folder(s) {unexpected}; expected exactly {list(CIFAR10_CLASSES)}")
     for name in CIFAR10_CLASSES:
         if name not in split_tree:
             raise _error(f"{where}/{name}", "class folder missing")
@@ -359,8 +394,9 @@ def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(_IMAGE_SUFFIXES)
 
 
-def _decode_tree(tree: Mapping[str, Mapping[str, list[tuple[str, Any]]]], where: str,
-                 show_progress: bool) -> dict[str, Any]:
+def _decode_tree(
+    tree: Mapping[str, Mapping[str, list[tuple[str, Any]]]], where: str, show_progress: bool
+) -> dict[str, Any]:
     """Decode {split: {class: [(name, path-or-bytes)]}} into uint8 NCHW arrays.
 
     Labels follow CIFAR10_CLASSES; files are taken in sorted name order.
@@ -372,11 +408,13 @@ def _decode_tree(tree: Mapping[str, Mapping[str, list[tuple[str, Any]]]], where:
     total = sum(len(files) for split in _SPLITS for files in tree[split].values())
     out: dict[str, Any] = {"classes": list(CIFAR10_CLASSES)}
     height, width = _IMAGE_SHAPE[1:]
-    with tqdm(total=total, desc="Decoding CIFAR-10 (once; cached)", unit="img",
-              disable=not show_progress) as bar:
+    with tqdm(total=total, desc="Decoding CIFAR-10 (once; cached)", unit="img", disable=not show_progress) as bar:
         for split in _SPLITS:
-            files = [(label, f"{split}/{cls}/{name}", src) for label, cls in enumerate(CIFAR10_CLASSES)
-                     for name, src in sorted(tree[split][cls], key=lambda item: item[0])]
+            files = [
+                (label, f"{split}/{cls}/{name}", src)
+                for label, cls in enumerate(CIFAR10_CLASSES)
+                for name, src in sorted(tree[split][cls], key=lambda item: item[0])
+            ]
             images = np.empty((len(files), height, width, 3), dtype=np.uint8)
             for i, (_, rel, src) in enumerate(files):
                 images[i] = _decode_image(src, src if isinstance(src, Path) else f"{where}/{rel}")
@@ -435,8 +473,9 @@ def _read_archive(path: Path) -> tuple[dict[str, bytes], set[str]]:
                     assert handle is not None  # regular files always have one
                     files[name] = handle.read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise _error(path, f"not a readable .tar/.tar.gz archive, corrupt or truncated "
-                           f"({type(exc).__name__}: {exc})") from exc
+        raise _error(
+            path, f"not a readable .tar/.tar.gz archive, corrupt or truncated ({type(exc).__name__}: {exc})"
+        ) from exc
     return files, folders
 
 
@@ -445,8 +484,11 @@ def _decode_archive(path: Path, show_progress: bool) -> dict[str, Any]:
     tops = sorted({name.split("/", 1)[0] for name in (*files, *folders) if "/" in name})
     for prefix in ("", *(top + "/" for top in tops)):
         where = f"{path}:{prefix.rstrip('/')}" if prefix else str(path)
-        batch_names = {name[len(prefix):]: raw for name, raw in files.items()
-                       if name.startswith(prefix) and name[len(prefix):] in _BATCH_FILES}
+        batch_names = {
+            name[len(prefix) :]: raw
+            for name, raw in files.items()
+            if name.startswith(prefix) and name[len(prefix) :] in _BATCH_FILES
+        }
         if batch_names:
             return _parse_batches(batch_names, where)
         if any(f"{prefix}{split}" in folders for split in _SPLITS):
@@ -455,16 +497,19 @@ def _decode_archive(path: Path, show_progress: bool) -> dict[str, Any]:
                 if f"{prefix}{split}" in folders:
                     tree[split] = {}
             for folder in folders:
-                parts = folder[len(prefix):].split("/") if folder.startswith(prefix) else []
+                parts = folder[len(prefix) :].split("/") if folder.startswith(prefix) else []
                 if len(parts) == 2 and parts[0] in tree and not parts[1].startswith("."):
                     tree[parts[0]].setdefault(parts[1], [])
             for name, raw in files.items():
-                parts = name[len(prefix):].split("/") if name.startswith(prefix) else []
+                parts = name[len(prefix) :].split("/") if name.startswith(prefix) else []
                 if len(parts) == 3 and parts[0] in tree and parts[1] in tree[parts[0]]:
                     tree[parts[0]][parts[1]].append((parts[2], raw))
             return _decode_tree(tree, where, show_progress)
-    raise _error(path, "archive holds neither cifar-10-batches-py files nor train/<class>/ and "
-                       "test/<class>/ folders (at its top or under one top-level folder)")
+    raise _error(
+        path,
+        "archive holds neither cifar-10-batches-py files nor train/<class>/ and "
+        "test/<class>/ folders (at its top or under one top-level folder)",
+    )
 
 
 def _decode(source: _Source, show_progress: bool) -> dict[str, Any]:
@@ -496,6 +541,7 @@ def _cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
 
 def _fingerprint(source: _Source) -> list[Any]:
     """(name, size, mtime) of every file the source is read from."""
+
     def stat(path: Path, name: str) -> list[Any]:
         try:
             st = path.stat()
@@ -521,8 +567,9 @@ def _cache_entry(source: _Source, cache_dir: Path) -> tuple[Path, str]:
     """Cache file for the source and the key it must hold (path + files' sizes and mtimes)."""
     resolved = str(source.path.resolve())
     path_id = hashlib.sha256(resolved.encode()).hexdigest()[:12]
-    key = hashlib.sha256(json.dumps(
-        [_CACHE_FORMAT_VERSION, source.kind, resolved, _fingerprint(source)]).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps([_CACHE_FORMAT_VERSION, source.kind, resolved, _fingerprint(source)]).encode()
+    ).hexdigest()
     return cache_dir / f"cifar10-{path_id}-{key[:16]}.pt", key
 
 
@@ -548,53 +595,45 @@ def _read_cache(path: Path, key: str) -> dict[str, Any] | None:
         return None
     try:
         arrays = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(arrays, dict) or arrays.get("format_version") != _CACHE_FORMAT_VERSION \
-                or arrays.get("key") != key or not _valid_arrays(arrays):
+        if (
+            not isinstance(arrays, dict)
+            or arrays.get("format_version") != _CACHE_FORMAT_VERSION
+            or arrays.get("key") != key
+            or not _valid_arrays(arrays)
+        ):
             raise ValueError("unexpected contents")
     except Exception as exc:  # any unreadable cache is rebuilt: it is derived data
-        warnings.warn(f"ignoring corrupt CIFAR-10 cache {path} ({type(exc).__name__}: {exc}); "
-                      "decoding the source again", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"ignoring corrupt CIFAR-10 cache {path} ({type(exc).__name__}: {exc}); decoding the source again",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
     return arrays
 
 
 def _write_cache(path: Path, key: str, arrays: dict[str, Any]) -> None:
-    """Write atomically (temp file + os.replace) and drop stale caches of the same source."""
-    tmp_name = None
+    """Write atomically and drop stale caches of the same source."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.stem + ".",
-                                         suffix=".tmp", delete=False) as tmp:
-            tmp_name = tmp.name
-            torch.save({**arrays, "format_version": _CACHE_FORMAT_VERSION, "key": key}, tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
+        state = {**arrays, "format_version": _CACHE_FORMAT_VERSION, "key": key}
+        atomic_write(path, lambda handle: torch.save(state, handle))
         path_id = path.stem.split("-")[1]
         for stale in path.parent.glob(f"cifar10-{path_id}-*.pt"):
             if stale != path:
                 stale.unlink(missing_ok=True)
     except OSError as exc:  # a read-only or full disk only costs the next run a decode
-        warnings.warn(f"could not write the CIFAR-10 cache {path} ({exc}); continuing without it",
-                      RuntimeWarning, stacklevel=3)
-    finally:
-        if tmp_name is not None:
-            Path(tmp_name).unlink(missing_ok=True)
+        warnings.warn(
+            f"could not write the CIFAR-10 cache {path} ({exc}); continuing without it", RuntimeWarning, stacklevel=3
+        )
 
 
-def _show_progress(progress: bool | None) -> bool:
-    if progress is not None:
-        return progress
-    env = os.environ.get("DYNPRUNE_PROGRESS")
-    if env is not None:
-        return env != "0"
-    return not os.environ.get("CI") and sys.stderr.isatty()
-
-
-def load_cifar10(root: str | os.PathLike[str] | None = None, *,
-                 cache_dir: str | os.PathLike[str] | None = None,
-                 download: bool = True, progress: bool | None = None) -> CIFAR10Data:
+def load_cifar10(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    progress: bool | None = None,
+) -> CIFAR10Data:
     """Load CIFAR-10 from ``root``, else ``$DYNPRUNE_DATA``, else ``./data``.
 
     The decoded arrays are cached under ``cache_dir`` (default ``$DYNPRUNE_CACHE``,
@@ -602,8 +641,8 @@ def load_cifar10(root: str | os.PathLike[str] | None = None, *,
     sizes and mtimes, so later calls skip decoding and a changed source is
     decoded again. Only when the default ``./data`` holds nothing and
     ``download`` is true is the original downloaded there with torchvision.
-    ``progress``: show a bar while decoding (default: only on a terminal,
-    never with ``$CI`` set or ``DYNPRUNE_PROGRESS=0``). Raises ``DataError``.
+    ``progress``: show a bar while decoding (default: yes, except with
+    ``$CI`` set or ``DYNPRUNE_PROGRESS=0``). Raises ``DataError``.
     """
     location, is_default = _default_location(root)
     source = _find_source(location)
@@ -611,8 +650,9 @@ def load_cifar10(root: str | os.PathLike[str] | None = None, *,
         if not location.exists() and not is_default:
             raise _error(location.absolute(), "no such file or folder")
         if not (is_default and download):
-            raise _error(location.resolve(), "no CIFAR-10 data found there"
-                         + (" (download=False)" if is_default else ""))
+            raise _error(
+                location.resolve(), "no CIFAR-10 data found there" + (" (download=False)" if is_default else "")
+            )
         _download(location)
         source = _find_source(location)
         if source is None:
@@ -620,11 +660,16 @@ def load_cifar10(root: str | os.PathLike[str] | None = None, *,
     cache_path, key = _cache_entry(source, _cache_dir(cache_dir))
     arrays = _read_cache(cache_path, key)
     if arrays is None:
-        arrays = _decode(source, _show_progress(progress))
+        arrays = _decode(source, progress_enabled(progress))
         _write_cache(cache_path, key, arrays)
-    return CIFAR10Data(arrays["train_images"], arrays["train_labels"],
-                       arrays["test_images"], arrays["test_labels"],
-                       tuple(arrays["classes"]), str(source.path.resolve()))
+    return CIFAR10Data(
+        arrays["train_images"],
+        arrays["train_labels"],
+        arrays["test_images"],
+        arrays["test_labels"],
+        tuple(arrays["classes"]),
+        str(source.path.resolve()),
+    )
 
 
 # ---------------------------------------------------------------------- batches
@@ -647,16 +692,25 @@ class BatchLoader:
     One iteration at a time per loader.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
-                 shuffle: bool = False, drop_last: bool = False, seed: int | None = None,
-                 generator: torch.Generator | None = None, device: str | torch.device = "cpu",
-                 normalize: Literal["unit", "standard"] = "unit",
-                 mean: Sequence[float] | torch.Tensor | None = None,
-                 std: Sequence[float] | torch.Tensor | None = None,
-                 augment: bool = False, padding: int = 4) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        device: str | torch.device = "cpu",
+        normalize: Literal["unit", "standard"] = "unit",
+        mean: Sequence[float] | torch.Tensor | None = None,
+        std: Sequence[float] | torch.Tensor | None = None,
+        augment: bool = False,
+        padding: int = 4,
+    ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got "
-                             f"{images.dtype} {tuple(images.shape)}")
+            raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
         if labels.shape != images.shape[:1]:
             raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
         if batch_size < 1:
@@ -767,7 +821,7 @@ class BatchLoader:
         b, c, h, w = x.shape
         p = self.padding
         padded = x.new_zeros((b, c, h + 2 * p, w + 2 * p))
-        padded[:, :, p:p + h, p:p + w] = x
+        padded[:, :, p : p + h, p : p + w] = x
         rows = offsets[:, :1] + self._rows  # (b, h): source rows in the padded image
         cols = offsets[:, 1:] + torch.where(flips[:, None], self._cols_flipped, self._cols)
         x = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * p))
@@ -793,8 +847,7 @@ class BatchLoader:
         """Restore a state_dict() of a loader over the same data and batch size."""
         for name in ("num_samples", "batch_size"):
             if state[name] != getattr(self, name):
-                raise ValueError(f"state is for {name}={state[name]}, this loader has "
-                                 f"{getattr(self, name)}")
+                raise ValueError(f"state is for {name}={state[name]}, this loader has {getattr(self, name)}")
         done = int(state["batches_done"])
         if not 0 <= done < max(len(self), 1):
             raise ValueError(f"batches_done={done} out of range for {len(self)} batches")
@@ -804,3 +857,33 @@ class BatchLoader:
         self._epoch_start = generator_state if done else None
         self._batches_done = done
         self._resume = bool(done)
+
+
+def make_loaders(
+    data: CIFAR10Data,
+    batch_size: int,
+    *,
+    augment: bool = False,
+    eval_batch_size: int = 500,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[BatchLoader, BatchLoader]:
+    """Shuffled training loader (augmented if asked) and unshuffled test loader, both
+    standardised per channel with the *training* split's statistics."""
+    mean, std = data.channel_stats
+    train = BatchLoader(
+        data.train_images,
+        data.train_labels,
+        batch_size,
+        shuffle=True,
+        seed=seed,
+        device=device,
+        normalize="standard",
+        mean=mean,
+        std=std,
+        augment=augment,
+    )
+    test = BatchLoader(
+        data.test_images, data.test_labels, eval_batch_size, device=device, normalize="standard", mean=mean, std=std
+    )
+    return train, test

@@ -1,21 +1,24 @@
 """Multi-process data-parallel training with ``torchrun`` and DistributedDataParallel.
 
-For users who outgrow one device: the same recipe (:mod:`dynprune_lib.recipes`)
-and the same training engine (:func:`dynprune_lib.train.fit`), on one process
-or on ``N``::
+For users who outgrow one device: the same training engine
+(:func:`dynprune_lib.train.fit`) on one process or on ``N``. Inside a script
+started by ``torchrun``::
 
-    python -m dynprune_lib.distributed --recipe wrn-28-2-dsr0.9 --run-dir build/runs/ddp
-    torchrun --nproc_per_node=4 -m dynprune_lib.distributed --recipe wrn-28-10 --run-dir build/runs/ddp
+    ctx = init_distributed()                         # rank, world size, device
+    model = wrap_model(model, ctx)                   # DDP when there are several ranks
+    loader = ShardedLoader(loader, ctx.rank, ctx.world_size)
+    fit(model, loader, test_loader, ..., checkpoint=f"run.rank{ctx.rank}.pt")
 
-Every rank iterates the *same* global batches (identical loader seeds) and
+(``python -m dynprune_lib.study.ddp`` is such a script for the study's Wide
+ResNet recipes.) Every rank iterates the *same* global batches (identical loader seeds) and
 trains on its own slice of each (:class:`ShardedLoader`), so the global batch
 size is the recipe's whatever the number of processes. DDP averages the
 gradients, which for equal slices equals the gradient of the global batch;
 the pruning schedulers adopt rank 0's masks on every update, so masks and
 weights stay identical on every rank. NCCL is used on CUDA, gloo on CPU.
 
-Each rank checkpoints to its own file (``<name>.rank<r>.pt``) after every
-epoch, so an interrupted run resumes on every rank from the same state.
+Give each rank its own checkpoint file: then an interrupted run resumes on
+every rank from the same state.
 BatchNorm statistics are per rank unless ``--sync-bn`` (CUDA only) is given;
 the training loss and accuracy in the history are rank 0's slice, while every
 rank evaluates the whole test split (identical numbers on every rank).
@@ -23,22 +26,19 @@ rank evaluates the whole test split (identical numbers on every rank).
 
 from __future__ import annotations
 
-import argparse
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .data import load_cifar10
-from .recipes import WRN_RECIPES, build_training, make_loaders, wrn_recipe
-from .train import fit, resolve_device, set_seed
+from ._utils import check_int
+from .train import resolve_device
 
-__all__ = ["DistContext", "ShardedLoader", "init_distributed", "main", "wrap_model"]
+__all__ = ["DistContext", "ShardedLoader", "init_distributed", "wrap_model"]
 
 
 @dataclass(frozen=True)
@@ -114,15 +114,14 @@ class ShardedLoader:
     def __init__(self, loader: Any, rank: int, world_size: int) -> None:
         for name in ("batch_size", "num_samples", "drop_last", "state_dict", "load_state_dict"):
             if not hasattr(loader, name):
-                raise TypeError(f"loader must be a BatchLoader-like object with .{name}; "
-                                f"got {type(loader).__name__}")
-        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-            raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+                raise TypeError(f"loader must be a BatchLoader-like object with .{name}; got {type(loader).__name__}")
+        check_int(world_size, "world_size", 1)
+        if check_int(rank, "rank", 0) >= world_size:
             raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
         if loader.batch_size % world_size:
-            raise ValueError(f"the global batch_size {loader.batch_size} of loader must be divisible by "
-                             f"world_size={world_size}")
+            raise ValueError(
+                f"the global batch_size {loader.batch_size} of loader must be divisible by world_size={world_size}"
+            )
         self.loader, self.rank, self.world_size = loader, rank, world_size
 
     @property
@@ -148,74 +147,3 @@ class ShardedLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loader.load_state_dict(state)
-
-
-# ---------------------------------------------------------------------- entry point
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m dynprune_lib.distributed",
-        description="Train a Wide ResNet recipe on CIFAR-10 on one process, or on N under "
-                    "torchrun --nproc_per_node=N (DistributedDataParallel; NCCL on CUDA, gloo on CPU).",
-    )
-    p.add_argument("--recipe", required=True, choices=sorted(WRN_RECIPES), help="training recipe")
-    p.add_argument("--epochs", type=int, help="override the recipe's epochs (milestones rescaled)")
-    p.add_argument("--batch-size", type=int, help="override the global batch size")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-subset", type=int, help="train on a class-balanced subset of this size")
-    p.add_argument("--test-subset", type=int, help="evaluate on a class-balanced subset of this size")
-    p.add_argument("--data-root", help="CIFAR-10 location (default: $DYNPRUNE_DATA, then ./data)")
-    p.add_argument("--run-dir", default="build/runs/distributed", help="checkpoints and history go here")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across ranks (CUDA only)")
-    p.add_argument("--threads", type=int, help="torch CPU threads per process")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status. Writes, under ``--run-dir``,
-    ``<recipe>_seed<s>.rank<r>.pt`` (per-rank checkpoints) and, from rank 0,
-    ``<recipe>_seed<s>.csv`` (the per-epoch history)."""
-    args = _parser().parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    overrides: dict[str, Any] = {}
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
-    if args.batch_size is not None:
-        overrides["batch_size"] = args.batch_size
-    recipe = wrn_recipe(args.recipe, **overrides)
-    ctx = init_distributed(args.device)
-    try:
-        data = load_cifar10(args.data_root).subset(args.train_subset, args.test_subset, seed=args.seed)
-        set_seed(args.seed)
-        setup = build_training(recipe, seed=args.seed, device=ctx.device)
-        train_loader, test_loader = make_loaders(recipe, data, seed=args.seed, device=ctx.device)
-        model = wrap_model(setup.model, ctx, sync_bn=args.sync_bn)
-        if ctx.distributed:
-            train_loader = ShardedLoader(train_loader, ctx.rank, ctx.world_size)
-        run_dir = Path(args.run_dir)
-        stem = f"{recipe.name}_seed{args.seed}"
-        history = fit(
-            model, train_loader, test_loader, epochs=recipe.epochs, optimizer=setup.optimizer,
-            pruner=setup.pruner, lr_scheduler=setup.lr_scheduler, device=ctx.device,
-            checkpoint=run_dir / f"{stem}.rank{ctx.rank}.pt", progress=False,
-            verbose=ctx.is_main and not args.quiet, precision=recipe.precision,
-        )
-        if ctx.is_main:
-            history.insert(0, "world_size", ctx.world_size)
-            history.to_csv(run_dir / f"{stem}.csv", index=False)
-            final = history["test_acc"].iloc[-1] if len(history) else float("nan")
-            anchor = f" (published: {recipe.anchor:.4f})" if recipe.anchor is not None else ""
-            print(f"{recipe.name} ({recipe.architecture}) on {ctx.world_size} process(es): "
-                  f"final test accuracy {final:.4f}{anchor}", flush=True)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

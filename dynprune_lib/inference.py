@@ -13,17 +13,17 @@ an example input and keeps the faster one.
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._utils import replace_module, time_interleaved
 from .layers import DynamicConv2d, DynamicLinear
 
-__all__ = ["LayerChoice", "SparseConv2d", "SparseLinear", "to_sparse_inference"]
+__all__ = ["LayerChoice", "SparseConv2d", "SparseLinear", "time_interleaved", "to_sparse_inference"]
 
 # Densities at or below which the rule used without an example input picks the
 # sparse kernel. From bench/bench_sparse_inference.py on a 2-core AMD EPYC with
@@ -159,57 +159,20 @@ class LayerChoice:
     sparse_seconds: float | None = None
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time_pair(
-    a: Callable[[], object], b: Callable[[], object], device: torch.device, repeats: int, budget_s: float = 0.5
-) -> tuple[float, float]:
-    """Shortest time of ``a`` and of ``b`` in seconds, measured alternately.
-
-    At most ``repeats`` pairs and, beyond 3 pairs, about ``budget_s`` seconds in all.
-    The minimum, not the median: other processes only ever add time, so on a
-    shared machine the minimum is the stable estimate of what a kernel costs.
-    """
-
-    def timed(fn: Callable[[], object]) -> float:
-        _synchronize(device)
-        start = time.perf_counter()
-        fn()
-        _synchronize(device)
-        return time.perf_counter() - start
-
-    a(), b()  # warm-up (MKL handles, cuSPARSE descriptors, caches)
-    times_a, times_b = [timed(a)], [timed(b)]
-    pairs = max(3, min(repeats, int(budget_s / (times_a[0] + times_b[0]))))
-    for _ in range(pairs - 1):
-        times_a.append(timed(a))
-        times_b.append(timed(b))
-    return min(times_a), min(times_b)
-
-
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Masked layers that have a sparse kernel (DynamicLinear, DynamicConv2d with groups=1)."""
     found = []
     for name, module in model.named_modules():
         if getattr(module, "mask", None) is None:
             continue
-        if isinstance(module, DynamicLinear):
+        if isinstance(module, DynamicLinear) or (
+            isinstance(module, DynamicConv2d)
+            and module.groups == 1
+            and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str)
+        ):
             found.append((name, module))
-        elif isinstance(module, DynamicConv2d) and module.groups == 1 and module.padding_mode == "zeros":
-            if not isinstance(module.padding, str):
-                found.append((name, module))
     return found
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    if not name:
-        return new
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-    return model
 
 
 @torch.no_grad()
@@ -270,11 +233,12 @@ def to_sparse_inference(
         choice = LayerChoice(name, kind, density, density <= DENSITY_RULE[kind])
         if name in inputs:
             x = inputs[name]
-            choice.dense_seconds, choice.sparse_seconds = _time_pair(
-                lambda: dense(x), lambda: sparse(x), x.device, repeats
-            )
+            pair = {"dense": partial(dense, x), "sparse": partial(sparse, x)}
+            times = time_interleaved(pair, repeats=repeats, budget_s=0.5, device=x.device)
+            # the minimum: other processes only ever add time, so it is the stable estimate
+            choice.dense_seconds, choice.sparse_seconds = min(times["dense"]), min(times["sparse"])
             choice.sparse = choice.sparse_seconds <= margin * choice.dense_seconds
-        model = _replace(model, name, sparse if choice.sparse else dense)
+        model = replace_module(model, name, sparse if choice.sparse else dense)
         if report is not None:
             report.append(choice)
     return model

@@ -18,18 +18,21 @@ from __future__ import annotations
 import fnmatch
 import math
 import numbers
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._utils import check_bool, check_choice, check_int, check_sparsity, n_zeros, random_mask, replace_module
+
 __all__ = [
     "DynamicConv2d",
     "DynamicLinear",
     "densify",
     "erk_sparsities",
+    "global_magnitude_zeros",
     "reset_optimizer_state",
     "sparse_modules",
     "sparsify",
@@ -39,40 +42,10 @@ MaskInit = Literal["magnitude", "random"]
 
 
 # --------------------------------------------------------------------------- #
-# argument checking
-# --------------------------------------------------------------------------- #
-def _check_sparsity(value: object, name: str = "sparsity") -> float:
-    """Return ``value`` as a float in [0, 1) or raise TypeError/ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"{name} must be a real number in [0, 1), got {type(value).__name__} {value!r}"
-        )
-    value = float(value)
-    if math.isnan(value) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    return value
-
-
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int (>= 1), got {value!r}")
-    return int(value)
-
-
-def _n_zeros(sparsity: float, numel: int) -> int:
-    """Number of zeros for a sparsity level: ``round(s * n)``, as torch.nn.utils.prune does."""
-    return min(round(sparsity * numel), numel - 1) if numel > 1 else 0
-
-
-# --------------------------------------------------------------------------- #
 # optimizer helper
 # --------------------------------------------------------------------------- #
 @torch.no_grad()
-def reset_optimizer_state(
-    optimizer: torch.optim.Optimizer | None, param: Tensor, positions: Tensor
-) -> None:
+def reset_optimizer_state(optimizer: torch.optim.Optimizer | None, param: Tensor, positions: Tensor) -> None:
     """Zero the per-weight optimizer state of ``param`` at ``positions`` (bool, param.shape).
 
     Covers every state tensor shaped like the parameter (SGD ``momentum_buffer``,
@@ -113,10 +86,8 @@ class _DynamicSparseMixin:
     dense_grad: Tensor | None
 
     def _init_sparse_state(self, initial_sparsity: object, sparse: bool) -> None:
-        if not isinstance(sparse, bool):
-            raise TypeError(f"sparse must be a bool, got {type(sparse).__name__} {sparse!r}")
-        self.initial_sparsity = _check_sparsity(initial_sparsity, "initial_sparsity")
-        self.sparse = sparse
+        self.sparse = check_bool(sparse, "sparse")
+        self.initial_sparsity = check_sparsity(initial_sparsity, "initial_sparsity")
         if sparse:
             mask = torch.ones(self.weight.shape, dtype=torch.bool, device=self.weight.device)
             self.register_buffer("mask", mask)
@@ -138,16 +109,13 @@ class _DynamicSparseMixin:
     def _init_random_mask(self) -> None:
         """Random mask at ``initial_sparsity`` (DSR init), masked weights set to zero.
 
-        Uses the global RNG, like the weight initialisation of ``nn.Linear``.
+        Drawn from torch's global CPU generator (like the weight initialisation
+        of ``nn.Linear``, seeded by ``torch.manual_seed``), whatever the device.
         """
         if self.mask is None or self.weight.is_meta:
             return
-        numel = self.weight.numel()
-        n_zero = _n_zeros(self.initial_sparsity, numel)
-        flat = torch.ones(numel, dtype=torch.bool, device=self.weight.device)
-        if n_zero:
-            flat[torch.randperm(numel, device=self.weight.device)[:n_zero]] = False
-        self.mask.copy_(flat.view_as(self.mask))
+        n_zero = n_zeros(self.initial_sparsity, self.weight.numel())
+        self.mask.copy_(random_mask(self.mask.shape, n_zero, device=self.mask.device))
         self.weight.masked_fill_(~self.mask, 0)
         self.pruned_values = None
 
@@ -235,7 +203,7 @@ class _DynamicSparseMixin:
                 state (momentum, Adam moments) is zeroed at every changed position.
             generator: RNG for choosing positions that come back as zeros.
         """
-        sparsity = _check_sparsity(sparsity, "sparsity")
+        sparsity = check_sparsity(sparsity, "sparsity")
         if self.mask is None:
             if sparsity != 0.0:
                 raise ValueError(
@@ -243,24 +211,27 @@ class _DynamicSparseMixin:
                     f"(it has no mask), got {sparsity!r}; build it with sparse=True or use sparsify()"
                 )
             return
-        new_mask = _magnitude_mask(self, _n_zeros(sparsity, self.weight.numel()), generator)
-        self._apply_mask(new_mask, optimizer=optimizer, keep_pruned=True)
+        new_mask = self.magnitude_mask(n_zeros(sparsity, self.weight.numel()), generator=generator)
+        self.apply_mask(new_mask, optimizer=optimizer, keep_pruned=True)
 
     @torch.no_grad()
-    def _apply_mask(
+    def apply_mask(
         self,
         new_mask: Tensor,
         *,
         optimizer: torch.optim.Optimizer | None = None,
         keep_pruned: bool = False,
     ) -> tuple[int, int]:
-        """Install ``new_mask``; return (n_pruned, n_grown). Internal API of the schedulers.
+        """Install ``new_mask`` (bool, the weight's shape); return ``(n_pruned, n_grown)``.
 
-        Pruned weights are set to zero (their values go to ``pruned_values`` when
-        ``keep_pruned``); grown weights take their kept value if any, else zero
-        (DSR: new weights start at zero). Optimizer state of changed positions is reset.
+        The one way masks change, used by :meth:`set_sparsity` and every
+        scheduler (write your own on top of it). Pruned weights are set to zero
+        (their values go to ``pruned_values`` when ``keep_pruned``); grown
+        weights take their kept value if any, else zero (DSR: new weights start
+        at zero). Optimizer state of changed positions is reset.
         """
-        assert self.mask is not None
+        if self.mask is None:
+            raise ValueError("apply_mask needs a layer built with sparse=True (this one has no mask)")
         new_mask = new_mask.to(device=self.mask.device, dtype=torch.bool).view_as(self.mask)
         old_mask = self.mask
         pruned = old_mask & ~new_mask
@@ -281,6 +252,48 @@ class _DynamicSparseMixin:
         if n_pruned or n_grown:
             reset_optimizer_state(optimizer, self.weight, pruned | grown)
         return n_pruned, n_grown
+
+    @torch.no_grad()
+    def magnitude_mask(self, n_zero: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """Mask with exactly ``n_zero`` False: drop the smallest live ``|w|``, or revive the largest kept.
+
+        Reviving brings back values kept in ``pruned_values`` (largest first),
+        then random positions (``generator``) that come back as zeros.
+        """
+        if self.mask is None:
+            raise ValueError("magnitude_mask needs a layer built with sparse=True (this one has no mask)")
+        n_zero = check_int(n_zero, "n_zero", 0)
+        mask = self.mask.reshape(-1)
+        numel = mask.numel()
+        if n_zero >= numel:
+            raise ValueError(f"n_zero={n_zero} would mask every one of the layer's {numel} weights")
+        n_zero_now = numel - int(mask.sum().item())
+        if n_zero == n_zero_now:
+            return self.mask.clone()
+        if n_zero > n_zero_now:  # prune live weights of smallest magnitude
+            score = self.weight.detach().abs().reshape(-1).clone()
+            score[~mask] = -1.0  # already masked: always among the smallest
+            idx = torch.topk(score, k=n_zero, largest=False).indices
+            new = torch.ones_like(mask)
+            new[idx] = False
+            return new.view_as(self.mask)
+        # revive: largest kept |value| first, then random positions (as zeros)
+        n_revive = n_zero_now - n_zero
+        dead = (~mask).nonzero().squeeze(1)
+        if self.pruned_values is not None:
+            kept = self.pruned_values.detach().abs().reshape(-1)[dead]
+        else:
+            kept = torch.zeros(dead.numel(), device=dead.device)
+        n_kept = int((kept > 0).sum().item())
+        order = torch.argsort(kept, descending=True, stable=True)
+        chosen = order[: min(n_revive, n_kept)]
+        if n_revive > n_kept:
+            rest = order[n_kept:]
+            perm = torch.randperm(rest.numel(), generator=generator).to(rest.device)
+            chosen = torch.cat([chosen, rest[perm[: n_revive - n_kept]]])
+        new = mask.clone()
+        new[dead[chosen]] = True
+        return new.view_as(self.mask)
 
     # -- state dict ---------------------------------------------------------- #
     def _load_from_state_dict(
@@ -310,43 +323,6 @@ class _DynamicSparseMixin:
         return f"sparse={self.sparse}, sparsity={self.sparsity:.4f}"
 
 
-@torch.no_grad()
-def _magnitude_mask(
-    layer: _DynamicSparseMixin, n_zero: int, generator: torch.Generator | None = None
-) -> Tensor:
-    """Mask with exactly ``n_zero`` False: drop the smallest live |w|, revive the largest kept."""
-    assert layer.mask is not None
-    mask = layer.mask.reshape(-1)
-    numel = mask.numel()
-    n_zero_now = numel - int(mask.sum().item())
-    if n_zero == n_zero_now:
-        return layer.mask.clone()
-    if n_zero > n_zero_now:  # prune live weights of smallest magnitude
-        score = layer.weight.detach().abs().reshape(-1).clone()
-        score[~mask] = -1.0  # already masked: always among the smallest
-        idx = torch.topk(score, k=n_zero, largest=False).indices
-        new = torch.ones_like(mask)
-        new[idx] = False
-        return new.view_as(layer.mask)
-    # revive: largest kept |value| first, then random positions (as zeros)
-    n_revive = n_zero_now - n_zero
-    dead = (~mask).nonzero().squeeze(1)
-    if layer.pruned_values is not None:
-        kept = layer.pruned_values.detach().abs().reshape(-1)[dead]
-    else:
-        kept = torch.zeros(dead.numel(), device=dead.device)
-    n_kept = int((kept > 0).sum().item())
-    order = torch.argsort(kept, descending=True, stable=True)
-    chosen = order[: min(n_revive, n_kept)]
-    if n_revive > n_kept:
-        rest = order[n_kept:]
-        perm = torch.randperm(rest.numel(), generator=generator).to(rest.device)
-        chosen = torch.cat([chosen, rest[perm[: n_revive - n_kept]]])
-    new = mask.clone()
-    new[dead[chosen]] = True
-    return new.view_as(layer.mask)
-
-
 class DynamicLinear(_DynamicSparseMixin, nn.Linear):
     """``nn.Linear`` whose weight is masked by a boolean ``mask`` buffer (paper sec. 2; DSR).
 
@@ -369,8 +345,8 @@ class DynamicLinear(_DynamicSparseMixin, nn.Linear):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        _check_positive_int(in_features, "in_features")
-        _check_positive_int(out_features, "out_features")
+        check_int(in_features, "in_features", 1)
+        check_int(out_features, "out_features", 1)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._init_sparse_state(initial_sparsity, sparse)
 
@@ -393,16 +369,23 @@ class DynamicLinear(_DynamicSparseMixin, nn.Linear):
         if not isinstance(module, nn.Linear):
             raise TypeError(f"module must be an nn.Linear, got {type(module).__name__}")
         new = cls(
-            module.in_features, module.out_features, 0.0, module.bias is not None,
-            device=module.weight.device, dtype=module.weight.dtype,
+            module.in_features,
+            module.out_features,
+            0.0,
+            module.bias is not None,
+            device=module.weight.device,
+            dtype=module.weight.dtype,
         )
         return _copy_and_mask(module, new, sparsity, mask_init, generator)
 
     def to_dense(self) -> nn.Linear:
         """Plain ``nn.Linear`` holding the masked weights."""
         out = nn.Linear(
-            self.in_features, self.out_features, self.bias is not None,
-            device=self.weight.device, dtype=self.weight.dtype,
+            self.in_features,
+            self.out_features,
+            self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
         )
         return _copy_dense(self, out)
 
@@ -431,15 +414,23 @@ class DynamicConv2d(_DynamicSparseMixin, nn.Conv2d):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        _check_positive_int(in_channels, "in_channels")
-        _check_positive_int(out_channels, "out_channels")
+        check_int(in_channels, "in_channels", 1)
+        check_int(out_channels, "out_channels", 1)
         ks = (kernel_size, kernel_size) if isinstance(kernel_size, numbers.Integral) else tuple(kernel_size)
         if any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0 for k in ks):
             raise ValueError(f"kernel_size must be positive int(s), got {kernel_size!r}")
         super().__init__(
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-            dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode,
-            device=device, dtype=dtype,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
         )
         self._init_sparse_state(initial_sparsity, sparse)
 
@@ -462,19 +453,35 @@ class DynamicConv2d(_DynamicSparseMixin, nn.Conv2d):
         if not isinstance(module, nn.Conv2d):
             raise TypeError(f"module must be an nn.Conv2d, got {type(module).__name__}")
         new = cls(
-            module.in_channels, module.out_channels, module.kernel_size, module.stride,
-            module.padding, module.dilation, module.groups, module.bias is not None,
-            initial_sparsity=0.0, padding_mode=module.padding_mode,
-            device=module.weight.device, dtype=module.weight.dtype,
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.groups,
+            module.bias is not None,
+            initial_sparsity=0.0,
+            padding_mode=module.padding_mode,
+            device=module.weight.device,
+            dtype=module.weight.dtype,
         )
         return _copy_and_mask(module, new, sparsity, mask_init, generator)
 
     def to_dense(self) -> nn.Conv2d:
         """Plain ``nn.Conv2d`` holding the masked weights."""
         out = nn.Conv2d(
-            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-            self.dilation, self.groups, self.bias is not None, self.padding_mode,
-            device=self.weight.device, dtype=self.weight.dtype,
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.bias is not None,
+            self.padding_mode,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
         )
         return _copy_dense(self, out)
 
@@ -484,22 +491,18 @@ _DYNAMIC = (DynamicLinear, DynamicConv2d)
 
 @torch.no_grad()
 def _copy_and_mask(src: nn.Module, new, sparsity: float, mask_init: str, generator) -> nn.Module:
-    sparsity = _check_sparsity(sparsity, "sparsity")
+    sparsity = check_sparsity(sparsity, "sparsity")
+    check_choice(mask_init, "mask_init", ("magnitude", "random"))
     new.weight.copy_(src.weight)
     if src.bias is not None:
         new.bias.copy_(src.bias)
     new.weight.requires_grad_(src.weight.requires_grad)
     new.train(src.training)
-    numel = new.weight.numel()
-    n_zero = _n_zeros(sparsity, numel)
     if mask_init == "magnitude":
         new.set_sparsity(sparsity)  # keeps the pruned values, like any set_sparsity
-    elif mask_init == "random":
-        flat = torch.ones(numel, dtype=torch.bool)
-        flat[torch.randperm(numel, generator=generator)[:n_zero]] = False
-        new._apply_mask(flat.view(new.weight.shape))
     else:
-        raise ValueError(f"mask_init must be 'magnitude' or 'random', got {mask_init!r}")
+        n_zero = n_zeros(sparsity, new.weight.numel())
+        new.apply_mask(random_mask(new.weight.shape, n_zero, generator=generator))
     new.initial_sparsity = sparsity
     return new
 
@@ -532,7 +535,7 @@ def erk_sparsities(shapes: Iterable[Iterable[int]], sparsity: float, *, erk_powe
     ``(1 - sparsity) * total``; layers that would exceed density 1 are made dense
     and ``eps`` recomputed.
     """
-    sparsity = _check_sparsity(sparsity, "sparsity")
+    sparsity = check_sparsity(sparsity, "sparsity")
     shapes = [tuple(int(d) for d in s) for s in shapes]
     numels = [math.prod(s) for s in shapes]
     raw = [(sum(s) / math.prod(s)) ** erk_power for s in shapes]
@@ -547,6 +550,35 @@ def erk_sparsities(shapes: Iterable[Iterable[int]], sparsity: float, *, erk_powe
             break
         dense.add(max(over, key=lambda i: raw[i]))
     return [0.0 if i in dense else max(0.0, 1.0 - eps * raw[i]) for i in range(len(shapes))]
+
+
+@torch.no_grad()
+def global_magnitude_zeros(layers: Sequence[nn.Module], sparsity: float) -> list[int]:
+    """Zeros per layer of one magnitude cut-off over all ``layers`` at overall ``sparsity``.
+
+    As ``torch.nn.utils.prune.global_unstructured``: already masked weights
+    count as pruned first, then the smallest live ``|w|`` anywhere, until
+    ``round(sparsity * total)`` weights are zero. Unlike it, no layer is
+    emptied: each keeps at least one weight (then the total falls short by
+    as many). Apply with ``layer.apply_mask(layer.magnitude_mask(n))``.
+    """
+    sparsity = check_sparsity(sparsity, "sparsity")
+    layers = list(layers)
+    if not layers or any(getattr(m, "mask", None) is None for m in layers):
+        raise ValueError("global_magnitude_zeros needs sparse DynamicLinear/DynamicConv2d layers")
+    scores = torch.cat(
+        [m.weight.detach().abs().reshape(-1).masked_fill(~m.mask.reshape(-1), -1.0).cpu() for m in layers]
+    )
+    pruned = torch.zeros(scores.numel(), dtype=torch.bool)
+    k = round(sparsity * scores.numel())
+    if k:
+        pruned[torch.topk(scores, k, largest=False).indices] = True
+    counts, offset = [], 0
+    for m in layers:
+        numel = m.weight.numel()
+        counts.append(min(int(pruned[offset : offset + numel].sum()), numel - 1))
+        offset += numel
+    return counts
 
 
 Selector = None | str | Iterable[str] | Callable[[str, nn.Module], bool]
@@ -569,12 +601,6 @@ def _selector(spec: Selector, what: str) -> Callable[[str, nn.Module], bool] | N
     if not all(isinstance(p, str) for p in patterns):
         raise TypeError(f"{what} patterns must be strings, got {patterns!r}")
     return lambda name, _m: any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def sparsify(
@@ -610,19 +636,17 @@ def sparsify(
         mask_init: ``"magnitude"`` or ``"random"``.
         generator: RNG for ``mask_init="random"``.
     """
-    sparsity = _check_sparsity(sparsity, "sparsity")
-    if distribution not in ("uniform", "erk"):
-        raise ValueError(f"distribution must be 'uniform' or 'erk', got {distribution!r}")
-    if mask_init not in ("magnitude", "random"):
-        raise ValueError(f"mask_init must be 'magnitude' or 'random', got {mask_init!r}")
+    sparsity = check_sparsity(sparsity, "sparsity")
+    check_choice(distribution, "distribution", ("uniform", "erk"))
+    check_choice(mask_init, "mask_init", ("magnitude", "random"))
     inc, exc = _selector(include, "include"), _selector(exclude, "exclude")
     if keep_ends_dense is None:
         keep_ends_dense = include is None
 
     candidates = [
-        (n, m) for n, m in model.named_modules()
-        if isinstance(m, (nn.Linear, nn.Conv2d)) and not isinstance(m, _DYNAMIC)
-        and type(m) in (nn.Linear, nn.Conv2d)
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and not isinstance(m, _DYNAMIC) and type(m) in (nn.Linear, nn.Conv2d)
     ]
     ends: set[str] = set()
     if keep_ends_dense:
@@ -630,8 +654,7 @@ def sparsify(
         linears = [n for n, m in candidates if isinstance(m, nn.Linear)]
         ends = set(convs[:1] + linears[-1:])
     chosen = [
-        (n, m) for n, m in candidates
-        if n not in ends and (inc is None or inc(n, m)) and (exc is None or not exc(n, m))
+        (n, m) for n, m in candidates if n not in ends and (inc is None or inc(n, m)) and (exc is None or not exc(n, m))
     ]
     if distribution == "erk":
         per_layer = erk_sparsities([m.weight.shape for _, m in chosen], sparsity)
@@ -639,19 +662,13 @@ def sparsify(
         per_layer = [sparsity] * len(chosen)
     for (name, module), s in zip(chosen, per_layer):
         cls = DynamicConv2d if isinstance(module, nn.Conv2d) else DynamicLinear
-        new = cls.from_dense(module, s, mask_init=mask_init, generator=generator)
-        if name == "":
-            return new
-        _replace(model, name, new)
+        model = replace_module(model, name, cls.from_dense(module, s, mask_init=mask_init, generator=generator))
     return model
 
 
 def densify(model: nn.Module) -> nn.Module:
     """Replace every ``DynamicLinear``/``DynamicConv2d`` by a plain layer with the masked weights (in place)."""
-    if isinstance(model, _DYNAMIC):
-        return model.to_dense()
     for name, module in list(model.named_modules()):
         if isinstance(module, _DYNAMIC):
-            _replace(model, name, module.to_dense())
+            model = replace_module(model, name, module.to_dense())
     return model
-

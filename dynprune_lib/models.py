@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._utils import check_int
 from .layers import DynamicConv2d, DynamicLinear
 
 __all__ = ["BaselineCNN", "DynamicCNN", "MLP", "WideResNet"]
@@ -128,8 +129,7 @@ class DynamicCNN(nn.Module):
     ) -> None:
         super().__init__()
         _check_sparse_args(sparse, sparsity)
-        if isinstance(convs_per_stage, bool) or not isinstance(convs_per_stage, int) or convs_per_stage < 1:
-            raise ValueError(f"convs_per_stage must be a positive int, got {convs_per_stage!r}")
+        check_int(convs_per_stage, "convs_per_stage", 1)
         if not widths:
             raise ValueError("widths must name at least one stage")
         self.channels_last = bool(channels_last)
@@ -163,9 +163,7 @@ class DynamicCNN(nn.Module):
 class _WideBasic(nn.Module):
     """Pre-activation basic block of a Wide ResNet: BN-ReLU-conv3x3-BN-ReLU-dropout-conv3x3."""
 
-    def __init__(
-        self, in_planes: int, planes: int, stride: int, dropout: float, conv3x3
-    ) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float, conv3x3) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = conv3x3(in_planes, planes, stride)
@@ -221,7 +219,7 @@ class WideResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         blocks: list[nn.Module] = []
         in_planes = widths[0]
-        for group, (planes, stride) in enumerate(zip(widths[1:], (1, 2, 2))):
+        for planes, stride in zip(widths[1:], (1, 2, 2)):
             for i in range(n):
                 blocks.append(_WideBasic(in_planes, planes, stride if i == 0 else 1, dropout, conv3x3))
                 in_planes = planes

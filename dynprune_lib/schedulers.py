@@ -20,41 +20,28 @@ adopt rank 0's masks on every rank so that masks never diverge.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from .layers import _check_sparsity, _magnitude_mask, _n_zeros, sparse_modules
+from ._utils import check_choice, check_int, check_real, check_sparsity, n_zeros
+from .layers import global_magnitude_zeros, sparse_modules
 
 __all__ = ["DSR", "SET", "MagnitudePruning", "RigL"]
 
 _LOG_COLUMNS = [
-    "step", "epoch", "layer", "sparsity", "mask_sparsity", "n_active",
-    "threshold", "pruned", "regrown",
+    "step",
+    "epoch",
+    "layer",
+    "sparsity",
+    "mask_sparsity",
+    "n_active",
+    "threshold",
+    "pruned",
+    "regrown",
 ]
-
-
-def _check_int(value: object, name: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_real(value: object, name: str, low: float, high: float, *, low_open=False, high_open=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    lo_ok = value > low if low_open else value >= low
-    hi_ok = value < high if high_open else value <= high
-    if math.isnan(value) or not (lo_ok and hi_ok):
-        lb, rb = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"{name} must be in {lb}{low}, {high}{rb}, got {value!r}")
-    return value
 
 
 def _distributed() -> bool:
@@ -77,7 +64,7 @@ def _broadcast_masks(masks: list[Tensor], values: list[float]) -> tuple[list[Ten
         torch.distributed.broadcast(nums, src=0)
     out, offset = [], 0
     for m in masks:
-        out.append(flat[offset: offset + m.numel()].view(m.shape).to(torch.bool))
+        out.append(flat[offset : offset + m.numel()].view(m.shape).to(torch.bool))
         offset += m.numel()
     return out, nums.tolist()
 
@@ -136,7 +123,7 @@ class _MaskScheduler:
                 "model has no sparse DynamicLinear/DynamicConv2d layers (sparse=True); "
                 "build it from them or convert it with dynprune_lib.sparsify()"
             )
-        self.seed = _check_int(seed, "seed")
+        self.seed = check_int(seed, "seed")
         self.generator = torch.Generator()
         self.generator.manual_seed(self.seed)
         self.step_count = 0
@@ -145,7 +132,7 @@ class _MaskScheduler:
         with torch.no_grad():
             masks, _ = _broadcast_masks([m.mask for m in self.layers.values()], [])
             for layer, mask in zip(self.layers.values(), masks):
-                layer._apply_mask(mask, optimizer=optimizer)
+                layer.apply_mask(mask, optimizer=optimizer)
 
     # -- clock ----------------------------------------------------------------- #
     def step(self) -> None:
@@ -157,7 +144,7 @@ class _MaskScheduler:
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
         """Call after epoch ``epoch`` (0-based); returns per-epoch columns for the history."""
-        self.epoch = _check_int(epoch, "epoch") + 1
+        self.epoch = check_int(epoch, "epoch") + 1
         return self._summary()
 
     def _due(self, step: int) -> bool:  # pragma: no cover - overridden
@@ -175,9 +162,7 @@ class _MaskScheduler:
         masks, thresholds = _broadcast_masks(masks, thresholds)
         counts = []
         for name, mask in zip(names, masks):
-            counts.append(
-                self.layers[name]._apply_mask(mask, optimizer=self.optimizer, keep_pruned=self._keep_pruned)
-            )
+            counts.append(self.layers[name].apply_mask(mask, optimizer=self.optimizer, keep_pruned=self._keep_pruned))
         self._record(thresholds, counts)
         self._after_update(counts)
 
@@ -191,17 +176,19 @@ class _MaskScheduler:
     def _record(self, thresholds: list[float], counts: list[tuple[int, int]]) -> None:
         for (name, layer), thr, (n_pruned, n_grown) in zip(self.layers.items(), thresholds, counts):
             n_active = int(layer.mask.sum().item())
-            self.log.append({
-                "step": self.step_count,
-                "epoch": self.epoch,
-                "layer": name,
-                "sparsity": layer.sparsity,
-                "mask_sparsity": (layer.mask.numel() - n_active) / layer.mask.numel(),
-                "n_active": n_active,
-                "threshold": float(thr),
-                "pruned": n_pruned,
-                "regrown": n_grown,
-            })
+            self.log.append(
+                {
+                    "step": self.step_count,
+                    "epoch": self.epoch,
+                    "layer": name,
+                    "sparsity": layer.sparsity,
+                    "mask_sparsity": (layer.mask.numel() - n_active) / layer.mask.numel(),
+                    "n_active": n_active,
+                    "threshold": float(thr),
+                    "pruned": n_pruned,
+                    "regrown": n_grown,
+                }
+            )
 
     def log_frame(self):
         """The update log as a long-format ``pandas.DataFrame`` (one row per update per layer).
@@ -251,8 +238,8 @@ class _MaskScheduler:
             raise ValueError(f"state is missing keys {sorted(missing)}")
         if state["type"] != type(self).__name__:
             raise ValueError(f"state is from a {state['type']} scheduler, not a {type(self).__name__}")
-        self.step_count = _check_int(state["step_count"], "state['step_count']")
-        self.epoch = _check_int(state["epoch"], "state['epoch']")
+        self.step_count = check_int(state["step_count"], "state['step_count']")
+        self.epoch = check_int(state["epoch"], "state['epoch']")
         self.generator.set_state(state["generator"].cpu())
         self.log = [dict(row) for row in state["log"]]
         self._load_extra_state(state)
@@ -319,12 +306,12 @@ class DSR(_MaskScheduler):
         if n_prune is not None and prune_fraction is not None:
             raise ValueError("give n_prune or prune_fraction, not both")
         if prune_fraction is not None:
-            prune_fraction = _check_real(prune_fraction, "prune_fraction", 0.0, 1.0, low_open=True, high_open=True)
+            prune_fraction = check_real(prune_fraction, "prune_fraction", 0.0, 1.0, low_open=True, high_open=True)
             n_live = sum(int(m.mask.sum().item()) for m in self.layers.values())
             n_prune = max(1, round(prune_fraction * n_live))
-        self.n_prune = _check_int(600 if n_prune is None else n_prune, "n_prune", 1)
-        self.tolerance = _check_real(tolerance, "tolerance", 0.0, 1.0, high_open=True)
-        self.threshold = _check_real(
+        self.n_prune = check_int(600 if n_prune is None else n_prune, "n_prune", 1)
+        self.tolerance = check_real(tolerance, "tolerance", 0.0, 1.0, high_open=True)
+        self.threshold = check_real(
             initial_threshold, "initial_threshold", 0.0, math.inf, low_open=True, high_open=True
         )
         self.period = self._check_period(period)
@@ -337,9 +324,9 @@ class DSR(_MaskScheduler):
                 raise ValueError("period schedule must not be empty")
             out = {}
             for k, v in period.items():
-                out[_check_int(k, "period schedule epoch")] = _check_int(v, "period schedule value")
+                out[check_int(k, "period schedule epoch")] = check_int(v, "period schedule value")
             return dict(sorted(out.items()))
-        return _check_int(period, "period", 1)
+        return check_int(period, "period", 1)
 
     def current_period(self) -> int:
         """Update period in iterations at the current epoch (0 = no updates)."""
@@ -415,9 +402,9 @@ class _PruneRegrow(_MaskScheduler):
         fraction_name: str,
     ) -> None:
         super().__init__(model, optimizer, seed=seed)
-        self.fraction = _check_real(fraction, fraction_name, 0.0, 1.0, high_open=True)
-        self.period = _check_int(period, "period", 1)
-        self.end_step = None if end_step is None else _check_int(end_step, "end_step", 1)
+        self.fraction = check_real(fraction, fraction_name, 0.0, 1.0, high_open=True)
+        self.period = check_int(period, "period", 1)
+        self.end_step = None if end_step is None else check_int(end_step, "end_step", 1)
         self._record([math.nan] * len(self.layers), [(0, 0)] * len(self.layers))
 
     def fraction_at(self, step: int) -> float:
@@ -484,8 +471,13 @@ class SET(_PruneRegrow):
         seed: int = 0,
     ) -> None:
         super().__init__(
-            model, optimizer, fraction=prune_fraction, period=period, end_step=end_step,
-            seed=seed, fraction_name="prune_fraction",
+            model,
+            optimizer,
+            fraction=prune_fraction,
+            period=period,
+            end_step=end_step,
+            seed=seed,
+            fraction_name="prune_fraction",
         )
 
 
@@ -517,8 +509,13 @@ class RigL(_PruneRegrow):
         seed: int = 0,
     ) -> None:
         super().__init__(
-            model, optimizer, fraction=drop_fraction, period=period, end_step=end_step,
-            seed=seed, fraction_name="drop_fraction",
+            model,
+            optimizer,
+            fraction=drop_fraction,
+            period=period,
+            end_step=end_step,
+            seed=seed,
+            fraction_name="drop_fraction",
         )
         self._prepare(1)
 
@@ -548,7 +545,7 @@ class RigL(_PruneRegrow):
 
 
 class MagnitudePruning(_MaskScheduler):
-    """"Traditional" magnitude pruning: train dense, then prune the smallest weights.
+    """ "Traditional" magnitude pruning: train dense, then prune the smallest weights.
 
     One-shot (``end=None``: prune once to ``sparsity`` at time ``begin``) or
     gradual with the cubic schedule of Zhu & Gupta 2017 (as
@@ -561,7 +558,8 @@ class MagnitudePruning(_MaskScheduler):
 
     ``scope="layer"`` prunes every layer to ``s_t`` (for a dense layer exactly the
     mask of ``torch.nn.utils.prune.l1_unstructured``); ``scope="global"`` uses one
-    magnitude cut-off over all sparse layers (as ``prune.global_unstructured``).
+    magnitude cut-off over all sparse layers (as ``prune.global_unstructured``, except
+    that a layer keeps at least one weight: :func:`~dynprune_lib.layers.global_magnitude_zeros`).
     Pruned values are kept, so ``layer.set_sparsity`` can lower the sparsity again.
     """
 
@@ -581,16 +579,13 @@ class MagnitudePruning(_MaskScheduler):
         initial_sparsity: float = 0.0,
     ) -> None:
         super().__init__(model, optimizer, seed=0)
-        self.final_sparsity = _check_sparsity(sparsity, "sparsity")
-        self.initial_sparsity = _check_sparsity(initial_sparsity, "initial_sparsity")
-        if scope not in ("layer", "global"):
-            raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
-        if unit not in ("step", "epoch"):
-            raise ValueError(f"unit must be 'step' or 'epoch', got {unit!r}")
-        self.scope, self.unit = scope, unit
-        self.begin = _check_int(begin, "begin")
-        self.end = None if end is None else _check_int(end, "end", self.begin + 1)
-        self.frequency = _check_int(frequency, "frequency", 1)
+        self.final_sparsity = check_sparsity(sparsity, "sparsity")
+        self.initial_sparsity = check_sparsity(initial_sparsity, "initial_sparsity")
+        self.scope = check_choice(scope, "scope", ("layer", "global"))
+        self.unit = check_choice(unit, "unit", ("step", "epoch"))
+        self.begin = check_int(begin, "begin")
+        self.end = None if end is None else check_int(end, "end", self.begin + 1)
+        self.frequency = check_int(frequency, "frequency", 1)
         self._target = math.nan
         self._record([math.nan] * len(self.layers), [(0, 0)] * len(self.layers))
         if self.begin == 0:
@@ -616,7 +611,7 @@ class MagnitudePruning(_MaskScheduler):
                 self.prune(target)
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
-        self.epoch = _check_int(epoch, "epoch") + 1
+        self.epoch = check_int(epoch, "epoch") + 1
         if self.unit == "epoch":
             target = self.target_at(self.epoch)
             if target is not None:
@@ -625,27 +620,17 @@ class MagnitudePruning(_MaskScheduler):
 
     def prune(self, sparsity: float | None = None) -> None:
         """Prune to ``sparsity`` (default: the final one) now."""
-        self._target = self.final_sparsity if sparsity is None else _check_sparsity(sparsity, "sparsity")
+        self._target = self.final_sparsity if sparsity is None else check_sparsity(sparsity, "sparsity")
         self.update()
 
     def _propose(self) -> tuple[list[Tensor], list[float]]:
         layers = list(self.layers.values())
         s = self._target
         if self.scope == "layer":
-            masks = [_magnitude_mask(m, _n_zeros(s, m.weight.numel())) for m in layers]
+            zeros = [n_zeros(s, m.weight.numel()) for m in layers]
         else:
-            scores = torch.cat([
-                m.weight.detach().abs().reshape(-1).masked_fill(~m.mask.reshape(-1), -1.0)
-                for m in layers
-            ])
-            k = _n_zeros(s, scores.numel())
-            keep = torch.ones_like(scores, dtype=torch.bool)
-            keep[torch.topk(scores, k, largest=False).indices] = False
-            masks, offset = [], 0
-            for m in layers:
-                n = m.weight.numel()
-                masks.append(keep[offset: offset + n].view_as(m.mask))
-                offset += n
+            zeros = global_magnitude_zeros(layers, s)
+        masks = [m.magnitude_mask(n) for m, n in zip(layers, zeros)]
         thresholds = []
         for m, new in zip(layers, masks):
             dropped = m.mask & ~new

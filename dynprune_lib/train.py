@@ -23,12 +23,16 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ._utils import atomic_write, check_int, progress_enabled
+
 __all__ = [
     "PRECISIONS",
     "CheckpointError",
     "PruningHook",
+    "StepSchedule",
     "TrainingDivergedError",
     "check_precision",
+    "cpu_has_native_bf16",
     "evaluate",
     "fit",
     "hardware_name",
@@ -75,10 +79,46 @@ class PruningHook(Protocol):
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
+class StepSchedule:
+    """``fit`` hook that steps a learning-rate scheduler after every optimizer step, then a pruner.
+
+    ``fit`` steps its ``lr_scheduler`` once per epoch; a one-cycle schedule over
+    ten epochs needs per-step updates. Pass this as ``fit(pruner=...)``; it
+    forwards ``epoch_end`` to the pruner (its history columns) and checkpoints both.
+    """
+
+    def __init__(self, lr_scheduler: torch.optim.lr_scheduler.LRScheduler, pruner: PruningHook | None = None) -> None:
+        if not isinstance(lr_scheduler, torch.optim.lr_scheduler.LRScheduler):
+            raise TypeError(f"lr_scheduler must be a torch LRScheduler, got {type(lr_scheduler).__name__}")
+        self.lr_scheduler = lr_scheduler
+        self.pruner = pruner
+
+    def step(self) -> None:
+        if self.pruner is not None:
+            self.pruner.step()
+        self.lr_scheduler.step()
+
+    def epoch_end(self, epoch: int) -> dict[str, float]:
+        epoch_end = getattr(self.pruner, "epoch_end", None)
+        return dict(epoch_end(epoch)) if callable(epoch_end) else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "pruner": None if self.pruner is None else self.pruner.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if (state.get("pruner") is None) != (self.pruner is None):
+            raise ValueError("state and hook disagree on whether there is a pruner")
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.pruner is not None:
+            self.pruner.load_state_dict(state["pruner"])
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) for model initialisation."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    check_int(seed, "seed", None)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -108,19 +148,6 @@ def hardware_name(device: str | torch.device | None = None) -> str:
     except OSError:
         pass
     return f"{name}, {torch.get_num_threads()} threads"
-
-
-def progress_enabled(progress: bool | None = None) -> bool:
-    """Progress bars unless asked not to, in CI, or with ``DYNPRUNE_PROGRESS=0``.
-
-    ``run_all.sh`` sets ``DYNPRUNE_PROGRESS=0`` so notebooks executed by
-    papermill log one line per epoch instead of redrawing bars.
-    """
-    if progress is not None:
-        return progress
-    if os.environ.get("DYNPRUNE_PROGRESS", "").strip().lower() in {"0", "false", "no", "off"}:
-        return False
-    return not os.environ.get("CI")
 
 
 def _tqdm(iterable=None, **kwargs):
@@ -197,14 +224,11 @@ def fit(
     for an unreadable checkpoint or one written by a different run; neither
     case overwrites the checkpoint on disk.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+    check_int(epochs, "epochs", 0)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if pruner is not None and not isinstance(pruner, PruningHook):
-        raise TypeError(
-            f"pruner must provide step(), state_dict() and load_state_dict(); got {type(pruner).__name__}"
-        )
+        raise TypeError(f"pruner must provide step(), state_dict() and load_state_dict(); got {type(pruner).__name__}")
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
     device = resolve_device(device)
     check_precision(precision, device)
@@ -261,9 +285,7 @@ def fit(
                 epoch_bar.update(1)
                 epoch_bar.set_postfix(test_acc=f"{test_acc:.4f}", loss=f"{train_loss:.4f}")
             elif verbose:
-                extra = "".join(
-                    f" {k}={v:.4f}" for k, v in row.items() if k not in HISTORY_COLUMNS
-                )
+                extra = "".join(f" {k}={v:.4f}" for k, v in row.items() if k not in HISTORY_COLUMNS)
                 print(
                     f"epoch {epoch}/{epochs}: train_loss={train_loss:.4f} train_acc={train_acc:.4f} "
                     f"test_loss={test_loss:.4f} test_acc={test_acc:.4f}{extra} ({row['seconds']:.1f} s)",
@@ -285,14 +307,17 @@ def check_precision(precision: str, device: str | torch.device | None = None) ->
     device = resolve_device(device)
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"{torch.cuda.get_device_name(device)} has no bfloat16 support; use precision='fp32'")
-    if device.type == "cpu" and not _cpu_has_native_bf16():
+    if device.type == "cpu" and not cpu_has_native_bf16():
         warnings.warn(
             "precision='bf16' on a CPU without native bfloat16 (AVX512-BF16/AMX): results are "
-            "correct but training is slower than with precision='fp32'", RuntimeWarning, stacklevel=3,
+            "correct but training is slower than with precision='fp32'",
+            RuntimeWarning,
+            stacklevel=3,
         )
 
 
-def _cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where ``precision="bf16"`` pays off."""
     try:  # the check PyTorch's own bf16 tests use; private, hence the guard
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -346,9 +371,7 @@ def _check_finite(losses: list[torch.Tensor], epoch: int, first_step: int) -> No
 
 def _fingerprint(model, optimizer, train_loader, pruner, precision) -> dict[str, Any]:
     """What must match for a checkpoint to belong to this run (epochs may grow)."""
-    hyper = {
-        k: v for k, v in optimizer.defaults.items() if isinstance(v, (int, float, str, bool)) or v is None
-    }
+    hyper = {k: v for k, v in optimizer.defaults.items() if isinstance(v, (int, float, str, bool)) or v is None}
     return {
         "model": type(model).__name__,
         "parameters": int(sum(p.numel() for p in model.parameters())),
@@ -375,16 +398,7 @@ def _save_checkpoint(path, epoch, history, fingerprint, model, optimizer, pruner
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> dict[str, Any]:

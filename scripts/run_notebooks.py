@@ -8,11 +8,15 @@ passes to the notebooks:
   workload; every output goes under ``build/smoke/`` (never the committed
   ``figures/`` and ``results/``).
 * ``cpu`` / ``gpu``: the notebooks' full workloads, writing ``figures/`` and
-  ``results/``; checkpoints stay in each notebook's own ``run_dir``.
+  ``results/``; checkpoints stay in each notebook's own ``run_dir``. Each
+  executed notebook is also written back to ``notebooks/`` with its outputs
+  (volatile metadata stripped), so figures and tables show on a code host
+  without a run.
 
 A notebook is skipped when its executed copy exists and was produced from the
-same notebook, parameters, library source, data and earlier notebooks' runs (a
-stamp beside it); ``--force`` re-executes it and deletes its training
+same cell sources, parameters, library source, data and earlier notebooks'
+runs (a stamp beside it); its outputs do not count, so writing them back does
+not make it stale. ``--force`` re-executes it and deletes its training
 checkpoints first.
 """
 
@@ -59,21 +63,31 @@ def select_notebooks(only: list[str] | None) -> list[Path]:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a profile's outputs go; ``runs`` None keeps each notebook's own ``run_dir``."""
+    """Where a profile's outputs go; ``runs`` None keeps each notebook's own ``run_dir``;
+    ``published`` is where executed notebooks are written back with their outputs (None: nowhere)."""
 
     figures: Path
     results: Path
     notebooks: Path
     report: Path
     runs: Path | None
+    published: Path | None = None
 
 
 def layout(profile: str) -> Layout:
-    """``build/smoke/...`` for the smoke profile, the committed folders otherwise."""
+    """``build/smoke/...`` for the smoke profile (nothing written back to ``notebooks/``),
+    the committed folders otherwise."""
     if profile == "smoke":
         base = ROOT / "build" / "smoke"
         return Layout(base / "figures", base / "results", base / "notebooks", base / "report.html", base / "runs")
-    return Layout(ROOT / "figures", ROOT / "results", ROOT / "build" / "notebooks", ROOT / "build" / "report.html", None)
+    return Layout(
+        ROOT / "figures",
+        ROOT / "results",
+        ROOT / "build" / "notebooks",
+        ROOT / "build" / "report.html",
+        None,
+        published=NOTEBOOKS,
+    )
 
 
 def declared_parameters(notebook: Path) -> dict[str, object]:
@@ -97,8 +111,12 @@ def notebook_parameters(
     wanted: dict[str, object] = {"profile": profile}
     if profile == "smoke":
         where = layout(profile)
-        wanted.update(SMOKE_PARAMETERS, figures_dir=str(where.figures), results_dir=str(where.results),
-                      run_dir=str(where.runs / notebook.stem))
+        wanted.update(
+            SMOKE_PARAMETERS,
+            figures_dir=str(where.figures),
+            results_dir=str(where.results),
+            run_dir=str(where.runs / notebook.stem),
+        )
     if seeds:
         wanted.update(seeds=list(seeds), seed=seeds[0])
     if precision:
@@ -115,10 +133,59 @@ def run_dir_of(notebook: Path, parameters: dict[str, object]) -> Path | None:
 
 
 def _library_digest() -> str:
+    """Digest of every Python file of the package, subpackages (the study) included."""
+    package = ROOT / "dynprune_lib"
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "dynprune_lib").glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+#: Tag papermill gives the cell it injects with the parameters.
+INJECTED = "injected-parameters"
+
+
+def source_digest(notebook: Path) -> str:
+    """Digest of the notebook's cells as written: their kind and source, not their outputs,
+    execution counts or metadata, and not a cell papermill injected."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    kept = [
+        (c["cell_type"], "".join(c["source"])) for c in cells if INJECTED not in c.get("metadata", {}).get("tags", [])
+    ]
+    return hashlib.sha256(json.dumps(kept).encode()).hexdigest()
+
+
+#: Metadata that changes on every execution (timestamps, durations, paths, widget ids):
+#: removed before an executed notebook is written back to notebooks/.
+_VOLATILE_NOTEBOOK = (
+    "start_time",
+    "end_time",
+    "duration",
+    "exception",
+    "input_path",
+    "output_path",
+    "environment_variables",
+    "version",
+)
+_VOLATILE_CELL = ("papermill", "execution", "ExecuteTime")
+
+
+def publish(executed: Path, target: Path) -> Path:
+    """Write the executed notebook to ``target`` with its outputs and without volatile metadata,
+    so a re-run with the same results changes (almost) nothing in ``target``."""
+    import nbformat
+
+    from dynprune_lib._utils import atomic_write
+
+    notebook = nbformat.read(executed, as_version=4)
+    notebook.metadata.pop("widgets", None)
+    papermill_meta = notebook.metadata.get("papermill", {})
+    for key in _VOLATILE_NOTEBOOK:
+        papermill_meta.pop(key, None)
+    for cell in notebook.cells:
+        for key in _VOLATILE_CELL:
+            cell.metadata.pop(key, None)
+    return atomic_write(target, nbformat.writes(notebook) + "\n")
 
 
 def _stamp_path(executed_dir: Path, notebook: Path) -> Path:
@@ -147,13 +214,16 @@ def upstream_digest(notebook: Path, executed_dir: Path) -> str:
 
 def stamp_of(notebook: Path, parameters: dict[str, object], executed_dir: Path) -> str:
     """What an executed copy must have been made from to be reused."""
-    return json.dumps({
-        "notebook": hashlib.sha256(notebook.read_bytes()).hexdigest(),
-        "parameters": parameters,
-        "library": _library_digest(),
-        "data": os.environ.get("DYNPRUNE_DATA", ""),
-        "upstream": upstream_digest(notebook, executed_dir),
-    }, sort_keys=True)
+    return json.dumps(
+        {
+            "notebook": source_digest(notebook),
+            "parameters": parameters,
+            "library": _library_digest(),
+            "data": os.environ.get("DYNPRUNE_DATA", ""),
+            "upstream": upstream_digest(notebook, executed_dir),
+        },
+        sort_keys=True,
+    )
 
 
 def _cell_count(notebook: Path) -> int:
@@ -168,34 +238,54 @@ def _fmt_seconds(seconds: float) -> str:
 def prepare(
     notebooks: list[Path], profile: str, out_dir: Path, seeds: list[int] | None, *, precision: str | None = None
 ) -> None:
-    """Write each notebook with ``profile``'s parameters injected, unexecuted (for nbval)."""
+    """Write each notebook with ``profile``'s parameters injected, unexecuted and without the
+    committed outputs (for nbval)."""
+    import nbformat
     import papermill
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for notebook in notebooks:
-        papermill.execute_notebook(str(notebook), str(out_dir / notebook.name),
-                                   parameters=notebook_parameters(notebook, profile, seeds, precision=precision),
-                                   prepare_only=True, progress_bar=False)
+        out = out_dir / notebook.name
+        papermill.execute_notebook(
+            str(notebook),
+            str(out),
+            parameters=notebook_parameters(notebook, profile, seeds, precision=precision),
+            prepare_only=True,
+            progress_bar=False,
+        )
+        prepared = nbformat.read(out, as_version=4)
+        for cell in prepared.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        nbformat.write(prepared, out)
 
 
 def record_time(results_dir: Path, notebook: Path, profile: str, seconds: float, from_scratch: bool) -> Path:
     """Upsert the notebook's wall time into ``results_dir/run_times.csv``: one row per notebook,
     profile and whether its training runs started from scratch or resumed from checkpoints.
-    Rows measured on another version of the notebook are dropped: they timed other work."""
+    Rows measured on another version of the notebook (other cell sources) are dropped: they
+    timed other work."""
     import pandas as pd
 
+    from dynprune_lib.study.results import RESULT_FILES
     from dynprune_lib.train import hardware_name
 
-    path = results_dir / "run_times.csv"
-    row = {"notebook": notebook.name, "profile": profile, "from_scratch": from_scratch,
-           "minutes": round(seconds / 60, 2), "hardware": hardware_name(),
-           "notebook_sha256": hashlib.sha256(notebook.read_bytes()).hexdigest()[:12]}
+    path = results_dir / RESULT_FILES["run_times"].name
+    row = {
+        "notebook": notebook.name,
+        "profile": profile,
+        "from_scratch": from_scratch,
+        "minutes": round(seconds / 60, 2),
+        "hardware": hardware_name(),
+        "notebook_sha256": source_digest(notebook)[:12],
+    }
     table = pd.read_csv(path, dtype={"notebook_sha256": str}) if path.exists() else pd.DataFrame(columns=list(row))
     same = (table["notebook"] == row["notebook"]) & (table["profile"] == profile)
     stale = same & (table.get("notebook_sha256", pd.Series("", index=table.index)) != row["notebook_sha256"])
     replaced = same & (table["from_scratch"].astype(bool) == from_scratch)
     table = pd.concat([table[~(stale | replaced)], pd.DataFrame([row])], ignore_index=True).sort_values(
-        ["profile", "notebook", "from_scratch"])
+        ["profile", "notebook", "from_scratch"]
+    )
     results_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False)
     return path
@@ -238,8 +328,16 @@ def _show_notebook_output() -> None:
         log.propagate = False
 
 
-def execute(notebooks: list[Path], profile: str, *, seeds: list[int] | None, force: bool, kernel: str,
-            report: bool, precision: str | None = None) -> int:
+def execute(
+    notebooks: list[Path],
+    profile: str,
+    *,
+    seeds: list[int] | None,
+    force: bool,
+    kernel: str,
+    report: bool,
+    precision: str | None = None,
+) -> int:
     """Execute ``notebooks`` in order (skipping up-to-date ones), then write the report."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -249,8 +347,11 @@ def execute(notebooks: list[Path], profile: str, *, seeds: list[int] | None, for
     where = layout(profile)
     where.notebooks.mkdir(parents=True, exist_ok=True)
     total = time.monotonic()
-    print(f"run_all: profile {profile!r}, {len(notebooks)} notebook(s), seeds {seeds or 'as each notebook says'}, "
-          f"data {os.environ.get('DYNPRUNE_DATA') or '(default ./data)'}", flush=True)
+    print(
+        f"run_all: profile {profile!r}, {len(notebooks)} notebook(s), seeds {seeds or 'as each notebook says'}, "
+        f"data {os.environ.get('DYNPRUNE_DATA') or '(default ./data)'}",
+        flush=True,
+    )
     for i, notebook in enumerate(notebooks, 1):
         parameters = notebook_parameters(notebook, profile, seeds, precision=precision)
         executed = where.notebooks / notebook.name
@@ -266,37 +367,62 @@ def execute(notebooks: list[Path], profile: str, *, seeds: list[int] | None, for
             shutil.rmtree(run_dir)
         from_scratch = not _has_checkpoints(run_dir)
         stamp_path.unlink(missing_ok=True)
-        print(f"==> {head}: executing with {parameters or 'its defaults'}"
-              f"{'' if from_scratch else ' (resuming from its checkpoints)'}", flush=True)
-        _PROGRESS.cells = _cell_count(notebook) + bool(parameters)  # papermill adds one cell for parameters
+        print(
+            f"==> {head}: executing with {parameters or 'its defaults'}"
+            f"{'' if from_scratch else ' (resuming from its checkpoints)'}",
+            flush=True,
+        )
+        # Only values that differ from the parameters cell's are injected: a default run leaves
+        # no injected cell in the notebook written back to notebooks/.
+        declared = declared_parameters(notebook)
+        injected = {k: v for k, v in parameters.items() if declared.get(k, object()) != v}
+        _PROGRESS.cells = _cell_count(notebook) + bool(injected)  # papermill adds one cell for parameters
         start = time.monotonic()
         try:
             papermill.execute_notebook(
-                str(notebook), str(executed), parameters=parameters, kernel_name=kernel, cwd=str(NOTEBOOKS),
-                log_output=True, progress_bar=sys.stderr.isatty(),
+                str(notebook),
+                str(executed),
+                parameters=injected,
+                kernel_name=kernel,
+                cwd=str(NOTEBOOKS),
+                log_output=True,
+                progress_bar=sys.stderr.isatty(),
             )
         except PapermillExecutionError as error:
             first_line = (error.source or "").strip().splitlines()[:1]
-            print(f"run_all: {notebook.name} FAILED after {_fmt_seconds(time.monotonic() - start)} in cell "
-                  f"{error.cell_index + 1} ({first_line[0] if first_line else 'empty'!r}): "
-                  f"{error.ename}: {error.evalue}\nexecuted copy with the traceback: {executed}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"run_all: {notebook.name} FAILED after {_fmt_seconds(time.monotonic() - start)} in cell "
+                f"{error.cell_index + 1} ({first_line[0] if first_line else 'empty'!r}): "
+                f"{error.ename}: {error.evalue}\nexecuted copy with the traceback: {executed}",
+                file=sys.stderr,
+                flush=True,
+            )
             return 1
         except Exception as error:  # the kernel died or could not start: say so, keep the checkpoints
-            print(f"run_all: {notebook.name} FAILED after {_fmt_seconds(time.monotonic() - start)}: "
-                  f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            print(
+                f"run_all: {notebook.name} FAILED after {_fmt_seconds(time.monotonic() - start)}: "
+                f"{type(error).__name__}: {error}",
+                file=sys.stderr,
+                flush=True,
+            )
             return 1
         seconds = time.monotonic() - start
         # A fresh run id makes later notebooks stale even when this one re-ran on the same inputs.
         stamp_path.write_text(json.dumps({"inputs": stamp, "run": uuid.uuid4().hex}))
         record_time(where.results, notebook, profile, seconds, from_scratch)
-        print(f"<== {head}: done in {_fmt_seconds(seconds)}", flush=True)
+        if where.published is not None:
+            publish(executed, where.published / notebook.name)
+        print(
+            f"<== {head}: done in {_fmt_seconds(seconds)}"
+            + (f"; outputs written back to {where.published.name}/{notebook.name}" if where.published else ""),
+            flush=True,
+        )
     if profile != "smoke":
         import update_readme  # beside this script
 
         update_readme.main()
     if report:
-        from dynprune_lib.report import build_report
+        from report import build_report  # beside this script
 
         executed_all = [where.notebooks / p.name for p in select_notebooks(None) if (where.notebooks / p.name).exists()]
         path = build_report(executed_all, where.report, figures_dir=where.figures, results_dir=where.results)
@@ -310,12 +436,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=PROFILES, help="default: gpu when CUDA is available, else cpu")
     parser.add_argument("--only", action="append", metavar="NN", help="run notebook NN only (repeatable, or 01,03)")
     parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: each notebook's profile)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"),
-                        help="training precision of notebooks 02-04 (default: each profile's, bf16; "
-                             "fp32 on a CPU without native bfloat16)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        help="training precision of notebooks 02-04 (default: each profile's, bf16; "
+        "fp32 on a CPU without native bfloat16)",
+    )
     parser.add_argument("--force", action="store_true", help="re-execute even up-to-date notebooks, retraining")
-    parser.add_argument("--prepare-only", metavar="DIR", type=Path,
-                        help="write the parameterised notebooks to DIR without executing them (for nbval)")
+    parser.add_argument(
+        "--prepare-only",
+        metavar="DIR",
+        type=Path,
+        help="write the parameterised notebooks to DIR without executing them (for nbval)",
+    )
     parser.add_argument("--no-report", action="store_true", help="do not write the HTML report")
     parser.add_argument("--kernel", default=os.environ.get("DYNPRUNE_KERNEL", "dynprune"))
     args = parser.parse_args(argv)
@@ -329,8 +462,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare_only:
         prepare(notebooks, profile, args.prepare_only, seeds, precision=args.precision)
         return 0
-    return execute(notebooks, profile, seeds=seeds, force=args.force, kernel=args.kernel, report=not args.no_report,
-                   precision=args.precision)
+    return execute(
+        notebooks,
+        profile,
+        seeds=seeds,
+        force=args.force,
+        kernel=args.kernel,
+        report=not args.no_report,
+        precision=args.precision,
+    )
 
 
 if __name__ == "__main__":

@@ -26,12 +26,16 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dynprune_lib.analysis import paper_vs_ours_markdown  # noqa: E402  (after the path set-up)
+from dynprune_lib.study.analysis import paper_vs_ours_markdown  # noqa: E402  (after the path set-up)
+from dynprune_lib.study.results import RESULT_FILES  # noqa: E402
 
 
 def _claims_markdown(table: pd.DataFrame) -> str:
-    return table[["claim", "measurement", "ours_text", "verdict"]].rename(columns={"ours_text": "ours"}).to_markdown(
-        index=False)
+    return (
+        table[["claim", "measurement", "ours_text", "verdict"]]
+        .rename(columns={"ours_text": "ours"})
+        .to_markdown(index=False)
+    )
 
 
 def _times_markdown(table: pd.DataFrame) -> str:
@@ -40,19 +44,27 @@ def _times_markdown(table: pd.DataFrame) -> str:
     totals = []
     for profile, part in scratch.groupby("profile"):
         missing = [n[:2] for n in notebooks if n not in set(part["notebook"])]
-        label = (f"sum of the {part['notebook'].nunique()} notebooks measured from scratch"
-                 + (f" (not measured from scratch: {', '.join(missing)})" if missing else " (all)"))
-        totals.append({"profile": profile, "notebook": label, "from_scratch": True,
-                       "minutes": round(float(part["minutes"].sum()), 2), "hardware": ""})
+        label = f"sum of the {part['notebook'].nunique()} notebooks measured from scratch" + (
+            f" (not measured from scratch: {', '.join(missing)})" if missing else " (all)"
+        )
+        totals.append(
+            {
+                "profile": profile,
+                "notebook": label,
+                "from_scratch": True,
+                "minutes": round(float(part["minutes"].sum()), 2),
+                "hardware": "",
+            }
+        )
     table = pd.concat([table, pd.DataFrame(totals)], ignore_index=True)
     table["from_scratch"] = table["from_scratch"].astype(bool).map({True: "yes", False: "no (resumed)"})
     return table[["profile", "notebook", "from_scratch", "minutes", "hardware"]].to_markdown(index=False)
 
 
 BLOCKS: dict[str, tuple[str, Callable[[pd.DataFrame], str]]] = {
-    "results": ("paper_vs_ours.csv", paper_vs_ours_markdown),
-    "claims": ("paper_claims_checked.csv", _claims_markdown),
-    "timings": ("run_times.csv", _times_markdown),
+    "results": (RESULT_FILES["paper_vs_ours"].name, paper_vs_ours_markdown),
+    "claims": (RESULT_FILES["paper_claims_checked"].name, _claims_markdown),
+    "timings": (RESULT_FILES["run_times"].name, _times_markdown),
 }
 
 

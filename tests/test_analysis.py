@@ -8,77 +8,160 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import dynprune_lib as dp
-from dynprune_lib import analysis
+from dynprune_lib import study
+from dynprune_lib.study import analysis
 
-PAPER_CNN = dp.PAPER["dynamic_cnn"]
+from conftest import synthetic_cifar
+
+PAPER_CNN = study.PAPER["dynamic_cnn"]
 
 
 def _history(final_acc: float, epochs: int = 10) -> pd.DataFrame:
     accs = [final_acc - 0.01 * (epochs - e) for e in range(1, epochs + 1)]
-    return pd.DataFrame({"epoch": range(1, epochs + 1), "train_acc": accs, "test_acc": accs,
-                         "train_loss": 1.0, "test_loss": [0.9] * (epochs - 1) + [0.8]})
+    return pd.DataFrame(
+        {
+            "epoch": range(1, epochs + 1),
+            "train_acc": accs,
+            "test_acc": accs,
+            "train_loss": 1.0,
+            "test_loss": [0.9] * (epochs - 1) + [0.8],
+        }
+    )
 
 
-def _write_results(directory: Path, *, dsr: float = 0.80, dense: float = 0.805, oneshot: float = 0.79,
-                   speedup: float = 0.99, dense_bytes: int = 1000, csr_bytes: int = 200) -> Path:
+def _write_results(
+    directory: Path,
+    *,
+    dsr: float = 0.80,
+    dense: float = 0.805,
+    oneshot: float = 0.79,
+    speedup: float = 0.99,
+    dense_bytes: int = 1000,
+    csr_bytes: int = 200,
+) -> Path:
     """A results folder with every table the analysis reads, in the notebooks' schemas."""
     directory.mkdir(parents=True, exist_ok=True)
-    dp.compare_with_paper("baseline", _history(0.71), conditions={"seed": 0}).to_csv(
-        directory / "baseline_vs_paper.csv", index=False)
-    dp.compare_with_paper("dynamic_cnn", _history(dsr), conditions={"seeds": [0]}).to_csv(
-        directory / "dynamic_cnn_vs_paper.csv", index=False)
-    methods = pd.DataFrame({
-        "method": ["dense", "dsr", "magnitude_oneshot", "baseline"],
-        "seeds": [1, 1, 1, 1], "final_test_acc": [dense, dsr, oneshot, 0.71],
-        "final_test_acc_min": [dense, dsr, oneshot, 0.71], "final_test_acc_max": [dense, dsr, oneshot, 0.71],
-        "final_train_acc": [0.9, dsr + 0.02, 0.85, 0.8], "conv_sparsity": [0.0, 0.9, 0.9, 0.0],
-        "sparse_layer_sparsity": [0.0, 0.905, 0.905, math.nan], "epochs": [10] * 4,
-        "seconds_per_epoch": [30.0, 33.0, 31.0, 20.0], "train_minutes": [5.0, 5.5, 5.2, 3.3],
-        "precision": ["bf16", "bf16", "bf16", "fp32"],
-    })
+    study.compare_with_paper("baseline", _history(0.71), conditions={"seed": 0}).to_csv(
+        directory / "baseline_vs_paper.csv", index=False
+    )
+    study.compare_with_paper("dynamic_cnn", _history(dsr), conditions={"seeds": [0]}).to_csv(
+        directory / "dynamic_cnn_vs_paper.csv", index=False
+    )
+    methods = pd.DataFrame(
+        {
+            "method": ["dense", "dsr", "magnitude_oneshot", "baseline"],
+            "seeds": [1, 1, 1, 1],
+            "final_test_acc": [dense, dsr, oneshot, 0.71],
+            "final_test_acc_min": [dense, dsr, oneshot, 0.71],
+            "final_test_acc_max": [dense, dsr, oneshot, 0.71],
+            "final_train_acc": [0.9, dsr + 0.02, 0.85, 0.8],
+            "conv_sparsity": [0.0, 0.9, 0.9, 0.0],
+            "sparse_layer_sparsity": [0.0, 0.905, 0.905, math.nan],
+            "epochs": [10] * 4,
+            "seconds_per_epoch": [30.0, 33.0, 31.0, 20.0],
+            "train_minutes": [5.0, 5.5, 5.2, 3.3],
+            "precision": ["bf16", "bf16", "bf16", "fp32"],
+        }
+    )
     methods.to_csv(directory / "dynamic_cnn_methods.csv", index=False)
-    pd.DataFrame({"format": ["dense (torch.save)", "CSR float32 (save_sparse)", "CSR float16 (save_sparse)"],
-                  "bytes": [dense_bytes, csr_bytes, csr_bytes // 2],
-                  "ratio_to_dense": [1.0, csr_bytes / dense_bytes, csr_bytes / dense_bytes / 2]}).to_csv(
-        directory / "dynamic_cnn_storage.csv", index=False)
-    pd.DataFrame({"batch": [1], "dense_ms": [1.0], "csr_ms": [1.0 / speedup], "speedup": [speedup],
-                  "threads": [2], "device": ["cpu"]}).to_csv(directory / "dynamic_cnn_latency.csv", index=False)
-    runs = pd.DataFrame({"method": ["dense", "dsr", "dsr"], "sparsity_target": [math.nan, 0.5, 0.9],
-                         "seed": [0, 0, 0], "final_test_acc": [0.57, 0.58, 0.56], "linear_sparsity": [0.0, 0.5, 0.9],
-                         "epochs": [10] * 3, "seconds_per_epoch": [10.0] * 3, "train_minutes": [1.7] * 3})
+    pd.DataFrame(
+        {
+            "format": ["dense (torch.save)", "CSR float32 (save_sparse)", "CSR float16 (save_sparse)"],
+            "bytes": [dense_bytes, csr_bytes, csr_bytes // 2],
+            "ratio_to_dense": [1.0, csr_bytes / dense_bytes, csr_bytes / dense_bytes / 2],
+        }
+    ).to_csv(directory / "dynamic_cnn_storage.csv", index=False)
+    pd.DataFrame(
+        {
+            "batch": [1],
+            "dense_ms": [1.0],
+            "csr_ms": [1.0 / speedup],
+            "speedup": [speedup],
+            "threads": [2],
+            "device": ["cpu"],
+        }
+    ).to_csv(directory / "dynamic_cnn_latency.csv", index=False)
+    runs = pd.DataFrame(
+        {
+            "method": ["dense", "dsr", "dsr"],
+            "sparsity_target": [math.nan, 0.5, 0.9],
+            "seed": [0, 0, 0],
+            "final_test_acc": [0.57, 0.58, 0.56],
+            "linear_sparsity": [0.0, 0.5, 0.9],
+            "epochs": [10] * 3,
+            "seconds_per_epoch": [10.0] * 3,
+            "train_minutes": [1.7] * 3,
+        }
+    )
     runs.to_csv(directory / "dynamic_mlp_runs.csv", index=False)
-    storage = pd.DataFrame({"method": ["dense", "dsr"], "sparsity_target": [math.nan, 0.9], "seed": [0, 0],
-                            "sparsity": [0.0, 0.9], "format": ["CSR float32 (save_sparse)"] * 2,
-                            "bytes": [900, 150], "ratio_to_dense": [0.9, 0.15]})
+    storage = pd.DataFrame(
+        {
+            "method": ["dense", "dsr"],
+            "sparsity_target": [math.nan, 0.9],
+            "seed": [0, 0],
+            "sparsity": [0.0, 0.9],
+            "format": ["CSR float32 (save_sparse)"] * 2,
+            "bytes": [900, 150],
+            "ratio_to_dense": [0.9, 0.15],
+        }
+    )
     storage.to_csv(directory / "dynamic_mlp_storage.csv", index=False)
-    latency = pd.DataFrame({"method": ["dense", "dsr", "set"], "sparsity": [0.0, 0.9, 0.9], "batch": [1, 1, 1],
-                            "dense_ms": [1.0, 1.0, 1.0], "csr_ms": [1.0, 0.5, 0.5], "speedup": [1.0, 2.0, 2.0],
-                            "threads": [2] * 3, "device": ["cpu"] * 3})
+    latency = pd.DataFrame(
+        {
+            "method": ["dense", "dsr", "set"],
+            "sparsity": [0.0, 0.9, 0.9],
+            "batch": [1, 1, 1],
+            "dense_ms": [1.0, 1.0, 1.0],
+            "csr_ms": [1.0, 0.5, 0.5],
+            "speedup": [1.0, 2.0, 2.0],
+            "threads": [2] * 3,
+            "device": ["cpu"] * 3,
+        }
+    )
     latency.to_csv(directory / "dynamic_mlp_latency.csv", index=False)
-    pd.DataFrame({"sparsity": [0.5, 0.9], "retrained": [0.58, 0.56], "dense MLP": [0.575, 0.30],
-                  "dense MLP - retrained": [-0.005, -0.26]}).to_csv(
-        directory / "dynamic_mlp_sparsity_claim.csv", index=False)
-    pd.DataFrame({"method": ["wrn-10-2-cpu", "HOG + logistic regression"], "seed": [0, 0],
-                  "train_seconds": [1200.0, 300.0], "profile": ["cpu", "cpu"]}).to_csv(
-        directory / "fig6_aspects.csv", index=False)
-    pd.DataFrame({"aspect": ["complexity", "interpretability"], "paper: higher for": ["deep learning", "traditional"],
-                  "network": ["wrn-10-2-cpu"] * 2, "network - traditional": [0.4, 0.1],
-                  "measurement agrees": ["yes", "no"]}).to_csv(directory / "fig6_paper_claims.csv", index=False)
-    pd.DataFrame({"recipe": ["wrn-10-2-cpu"], "method": ["wrn-10-2-cpu"], "seed": [0], "epochs": [2],
-                  "test_acc": [0.6]}).to_csv(
-        directory / "wrn_vs_published.csv", index=False)
+    pd.DataFrame(
+        {
+            "sparsity": [0.5, 0.9],
+            "retrained": [0.58, 0.56],
+            "dense MLP": [0.575, 0.30],
+            "dense MLP - retrained": [-0.005, -0.26],
+        }
+    ).to_csv(directory / "dynamic_mlp_sparsity_claim.csv", index=False)
+    pd.DataFrame(
+        {
+            "method": ["wrn-10-2-cpu", "HOG + logistic regression"],
+            "seed": [0, 0],
+            "train_seconds": [1200.0, 300.0],
+            "profile": ["cpu", "cpu"],
+        }
+    ).to_csv(directory / "fig6_aspects.csv", index=False)
+    pd.DataFrame(
+        {
+            "aspect": ["complexity", "interpretability"],
+            "paper: higher for": ["deep learning", "traditional"],
+            "network": ["wrn-10-2-cpu"] * 2,
+            "network - traditional": [0.4, 0.1],
+            "measurement agrees": ["yes", "no"],
+        }
+    ).to_csv(directory / "fig6_paper_claims.csv", index=False)
+    pd.DataFrame(
+        {"recipe": ["wrn-10-2-cpu"], "method": ["wrn-10-2-cpu"], "seed": [0], "epochs": [2], "test_acc": [0.6]}
+    ).to_csv(directory / "wrn_vs_published.csv", index=False)
     return directory
 
 
 def test_paper_vs_ours_holds_every_reported_number_and_the_figure6_reading(tmp_path):
     table = analysis.paper_vs_ours(_write_results(tmp_path))
     numeric = table[table["experiment"] != "wrn_vs_traditional"]
-    expected = {(e, m): v for e in ("baseline", "dynamic_cnn") for m, v in dp.PAPER[e].items()}
+    expected = {(e, m): v for e in ("baseline", "dynamic_cnn") for m, v in study.PAPER[e].items()}
     assert {(e, m): p for e, m, p in zip(numeric["experiment"], numeric["metric"], numeric["paper"])} == expected
     final = numeric.set_index(["experiment", "metric"]).loc[("dynamic_cnn", "final test_acc")]
-    assert final["ours"] == pytest.approx(0.80) and final["difference"] == pytest.approx(0.80 - PAPER_CNN["final test_acc"])
+    assert final["ours"] == pytest.approx(0.80) and final["difference"] == pytest.approx(
+        0.80 - PAPER_CNN["final test_acc"]
+    )
     assert final["conditions"].endswith("; precision=bf16")  # from the DSR row of the methods table
     baseline = numeric.set_index(["experiment", "metric"]).loc[("baseline", "final test_acc")]
     assert "precision" not in baseline["conditions"]
@@ -96,8 +179,8 @@ def test_a_missing_table_names_the_notebook_that_writes_it(tmp_path):
     (results / "dynamic_cnn_methods.csv").unlink()
     with pytest.raises(FileNotFoundError, match=r"02_dynamic_cnn.*--only 02"):
         analysis.claims_table(results)
-    with pytest.raises(FileNotFoundError, match="no_such.csv"):
-        analysis.read_result(results, "no_such.csv")
+    with pytest.raises(KeyError, match="not a declared result"):
+        study.read_result(results, "no_such")
 
 
 @pytest.mark.parametrize("dense, kept", [(0.805, "supported"), (0.83, "not supported")])
@@ -141,14 +224,10 @@ def test_tables_against_sparsity_and_training_time(tmp_path):
 
 
 def test_run_conditions_record_the_data_copy_hardware_and_extras():
-    import torch
-
-    data = dp.CIFAR10Data(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
-                          torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2, dtype=torch.long),
-                          tuple(str(i) for i in range(10)), "/somewhere/cifar10-jpeg.tar.gz")
-    conditions = dp.run_conditions(data, "cpu", epochs=10, seeds=[0, 1])
+    data = synthetic_cifar(4, 2, source="/somewhere/cifar10-jpeg.tar.gz")
+    conditions = study.run_conditions(data, "cpu", epochs=10, seeds=[0, 1])
     assert conditions["data"] == "cifar10-jpeg.tar.gz"  # the copy, not the machine's path
     assert (conditions["train_images"], conditions["test_images"], conditions["epochs"]) == (4, 2, 10)
     assert conditions["device"] == "cpu" and conditions["torch"] == torch.__version__
-    assert conditions["hardware"] == dp.hardware_name("cpu")
-    assert dp.hardware_name("cpu").endswith(f", {torch.get_num_threads()} threads")
+    assert conditions["hardware"] == dp.train.hardware_name("cpu")
+    assert dp.train.hardware_name("cpu").endswith(f", {torch.get_num_threads()} threads")

@@ -24,6 +24,8 @@ from PIL import Image
 from dynprune_lib import data
 from dynprune_lib.data import CIFAR10_CLASSES, BatchLoader, CIFAR10Data, DataError, load_cifar10
 
+from conftest import synthetic_cifar
+
 # Captured before any test changes the environment: the real-data test uses them.
 _REAL_DATA = os.environ.get("DYNPRUNE_DATA") or "/work/shared/data/cifar10-jpeg.tar.gz"
 _REAL_CACHE = data._cache_dir(None)  # $DYNPRUNE_CACHE or ~/.cache/dynprune
@@ -111,9 +113,12 @@ def write_batches(folder: Path, arrays, flavor: str = "py2", label_names=CIFAR10
         images, labels = arrays[split]
         flat = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
         for part, name in zip(np.array_split(np.arange(len(images)), len(names)), names):
-            batch = {b"batch_label": b"batch", b"labels": [int(v) for v in labels[part]],
-                     b"data": np.ascontiguousarray(flat[part]),
-                     b"filenames": [b"x.png"] * len(part)}
+            batch = {
+                b"batch_label": b"batch",
+                b"labels": [int(v) for v in labels[part]],
+                b"data": np.ascontiguousarray(flat[part]),
+                b"filenames": [b"x.png"] * len(part),
+            }
             (folder / name).write_bytes(dump_batch(batch, flavor))
     meta = {b"label_names": [n.encode() for n in label_names], b"num_vis": 3072, b"num_cases_per_batch": 10}
     (folder / "batches.meta").write_bytes(dump_batch(meta, flavor))
@@ -163,12 +168,15 @@ def test_jpeg_folder_decodes_close_to_source(tmp_path):
     assert (loaded.train_images.float() - want.float()).abs().mean() < 8
 
 
-@pytest.mark.parametrize("top, mode, name", [
-    (None, "w", "plain.tar"),
-    ("cifar10-jpeg", "w", "top.tar"),
-    ("cifar10-jpeg", "w:gz", "top.tar.gz"),
-    (None, "w:gz", "plain.tgz"),
-])
+@pytest.mark.parametrize(
+    "top, mode, name",
+    [
+        (None, "w", "plain.tar"),
+        ("cifar10-jpeg", "w", "top.tar"),
+        ("cifar10-jpeg", "w:gz", "top.tar.gz"),
+        (None, "w:gz", "plain.tgz"),
+    ],
+)
 def test_folder_tar_and_targz_give_identical_tensors(tmp_path, top, mode, name):
     arrays = make_arrays()
     tree = write_tree(tmp_path / "tree", arrays)
@@ -333,19 +341,23 @@ def _targz(tmp_path) -> Path:
 
 def _tree_with(edit):
     """A maker: a valid one-image-per-class tree, then edit(tree)."""
+
     def make(tmp_path):
         tree = _tree(tmp_path)
         edit(tree)
         return tree
+
     return make
 
 
 def _batches_with(edit):
     """A maker: a valid cifar-10-batches-py folder, then edit(folder)."""
+
     def make(tmp_path):
         folder = write_batches(tmp_path / "cifar-10-batches-py", make_arrays(train=1, test=1))
         edit(folder)
         return folder
+
     return make
 
 
@@ -354,6 +366,7 @@ def _rewrite_batch(name, **changes):
         batch = pickle.loads((folder / name).read_bytes(), encoding="bytes")
         batch.update({key.encode(): value for key, value in changes.items()})
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+
     return edit
 
 
@@ -398,42 +411,45 @@ ERROR_CASES = {
     "no such path": (lambda t: t / "missing", "no such file or folder"),
     "empty folder": (_empty_folder, "no CIFAR-10 data found"),
     "test split missing": (_tree_with(lambda t: shutil.rmtree(t / "test")), "no 'test/' folder"),
-    "class folder missing": (_tree_with(lambda t: shutil.rmtree(t / "test" / "cat")),
-                             "class folder missing"),
-    "unexpected class": (_tree_with(lambda t: (t / "train" / "unicorn").mkdir()),
-                         "unexpected class folder"),
-    "empty class": (_tree_with(lambda t: (t / "train" / "dog" / "0000.png").unlink()),
-                    "class folder has no images"),
-    "wrong size": (_tree_with(lambda t: Image.new("RGB", (33, 32)).save(t / "train/cat/0000.png")),
-                   "image is 33x32 RGB, expected 32x32 RGB"),
-    "grayscale": (_tree_with(lambda t: Image.new("L", (32, 32)).save(t / "test/frog/0000.png")),
-                  "image is 32x32 L"),
-    "rgba": (_tree_with(lambda t: Image.new("RGBA", (32, 32)).save(t / "test/frog/0000.png")),
-             "image is 32x32 RGBA"),
-    "corrupt image": (_tree_with(lambda t: (t / "train/ship/0000.png").write_bytes(b"garbage")),
-                      "cannot decode image"),
-    "truncated image": (_tree_with(lambda t: _truncate(t / "train/ship/0000.png", 200)),
-                        "cannot decode image"),
+    "class folder missing": (_tree_with(lambda t: shutil.rmtree(t / "test" / "cat")), "class folder missing"),
+    "unexpected class": (_tree_with(lambda t: (t / "train" / "unicorn").mkdir()), "unexpected class folder"),
+    "empty class": (_tree_with(lambda t: (t / "train" / "dog" / "0000.png").unlink()), "class folder has no images"),
+    "wrong size": (
+        _tree_with(lambda t: Image.new("RGB", (33, 32)).save(t / "train/cat/0000.png")),
+        "image is 33x32 RGB, expected 32x32 RGB",
+    ),
+    "grayscale": (_tree_with(lambda t: Image.new("L", (32, 32)).save(t / "test/frog/0000.png")), "image is 32x32 L"),
+    "rgba": (_tree_with(lambda t: Image.new("RGBA", (32, 32)).save(t / "test/frog/0000.png")), "image is 32x32 RGBA"),
+    "corrupt image": (_tree_with(lambda t: (t / "train/ship/0000.png").write_bytes(b"garbage")), "cannot decode image"),
+    "truncated image": (_tree_with(lambda t: _truncate(t / "train/ship/0000.png", 200)), "cannot decode image"),
     "corrupt archive": (_corrupt_archive, "not a readable .tar/.tar.gz archive"),
     "truncated tar.gz": (_truncated_targz, "corrupt or truncated"),
     "archive without data": (_archive_without_data, "archive holds neither"),
     "several archives": (_two_archives, "several candidate"),
     "batch file missing": (_batches_with(lambda f: (f / "test_batch").unlink()), "missing test_batch"),
-    "batch data shape": (_batches_with(_rewrite_batch("data_batch_2", data=np.zeros((2, 100), np.uint8))),
-                         "'data' must be a uint8 N x 3072 array"),
-    "batch data dtype": (_batches_with(_rewrite_batch("data_batch_2", data=np.zeros((2, 3072), np.float32))),
-                         "'data' must be a uint8 N x 3072 array"),
-    "label out of range": (_batches_with(_rewrite_batch("data_batch_1", labels=[10, 0])),
-                           "labels outside 0..9"),
+    "batch data shape": (
+        _batches_with(_rewrite_batch("data_batch_2", data=np.zeros((2, 100), np.uint8))),
+        "'data' must be a uint8 N x 3072 array",
+    ),
+    "batch data dtype": (
+        _batches_with(_rewrite_batch("data_batch_2", data=np.zeros((2, 3072), np.float32))),
+        "'data' must be a uint8 N x 3072 array",
+    ),
+    "label out of range": (_batches_with(_rewrite_batch("data_batch_1", labels=[10, 0])), "labels outside 0..9"),
     "label count": (_batches_with(_rewrite_batch("test_batch", labels=[1])), "integers, one per image"),
-    "float labels": (_batches_with(_rewrite_batch("test_batch", labels=[1.5, 2.0])),
-                     "integers, one per image"),
-    "not a dict": (_batches_with(lambda f: (f / "data_batch_3").write_bytes(pickle.dumps([1, 2]))),
-                   "expected a pickled dict"),
-    "not a pickle": (_batches_with(lambda f: (f / "data_batch_4").write_bytes(b"\x00junk")),
-                     "not a readable CIFAR-10 batch file"),
-    "wrong class names": (_batches_with(lambda f: (f / "batches.meta").write_bytes(
-        dump_batch({b"label_names": [b"a"] * 10}))), "not the CIFAR-10 classes"),
+    "float labels": (_batches_with(_rewrite_batch("test_batch", labels=[1.5, 2.0])), "integers, one per image"),
+    "not a dict": (
+        _batches_with(lambda f: (f / "data_batch_3").write_bytes(pickle.dumps([1, 2]))),
+        "expected a pickled dict",
+    ),
+    "not a pickle": (
+        _batches_with(lambda f: (f / "data_batch_4").write_bytes(b"\x00junk")),
+        "not a readable CIFAR-10 batch file",
+    ),
+    "wrong class names": (
+        _batches_with(lambda f: (f / "batches.meta").write_bytes(dump_batch({b"label_names": [b"a"] * 10}))),
+        "not the CIFAR-10 classes",
+    ),
 }
 
 
@@ -465,6 +481,7 @@ def _exploit_system(marker):
     class Exploit:
         def __reduce__(self):
             return os.system, (f"touch {marker}",)
+
     return pickle.dumps({b"data": Exploit(), b"labels": []}, protocol=2)
 
 
@@ -472,13 +489,17 @@ def _exploit_exec(marker):
     class Exploit:
         def __reduce__(self):
             return exec, (f"open({str(marker)!r}, 'w').close()",)
+
     return pickle.dumps({b"label_names": Exploit()}, protocol=4)
 
 
-@pytest.mark.parametrize("make, name, refers_to", [
-    (_exploit_system, "data_batch_1", "posix.system"),
-    (_exploit_exec, "batches.meta", "builtins.exec"),
-])
+@pytest.mark.parametrize(
+    "make, name, refers_to",
+    [
+        (_exploit_system, "data_batch_1", "posix.system"),
+        (_exploit_exec, "batches.meta", "builtins.exec"),
+    ],
+)
 def test_malicious_pickle_is_rejected_and_never_run(tmp_path, make, name, refers_to):
     marker = tmp_path / "pwned"
     folder = write_batches(tmp_path / "cifar-10-batches-py", make_arrays(train=1, test=1))
@@ -510,8 +531,14 @@ def test_offline_download_raises_data_error(monkeypatch):
     with pytest.raises(DataError, match="downloading https://.*cifar-10-python.tar.gz failed") as info:
         load_cifar10()
     assert str(Path("data").resolve()) in str(info.value)
-    assert calls == [("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "data",
-                      "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")]
+    assert calls == [
+        (
+            "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+            "data",
+            "cifar-10-python.tar.gz",
+            "c58f30108f718f92721af3b95e74349a",
+        )
+    ]
 
 
 def test_download_into_local_data_when_nothing_found(tmp_path, monkeypatch):
@@ -541,19 +568,8 @@ def test_no_download_for_explicit_locations(tmp_path, monkeypatch):
 # ---------------------------------------------------------- CIFAR10Data helpers
 
 
-def _synthetic(per_class_train=30, per_class_test=7, seed=0) -> CIFAR10Data:
-    g = torch.Generator().manual_seed(seed)
-
-    def split(per_class):
-        labels = torch.arange(10).repeat(per_class)[torch.randperm(10 * per_class, generator=g)]
-        images = torch.randint(0, 256, (labels.numel(), 3, 32, 32), dtype=torch.uint8, generator=g)
-        return images, labels
-
-    return CIFAR10Data(*split(per_class_train), *split(per_class_test), CIFAR10_CLASSES, "synthetic")
-
-
 def test_subset_is_stratified_seeded_and_consistent():
-    full = _synthetic()
+    full = synthetic_cifar(300, 70, labels="balanced")
     sub = full.subset(50, 23, seed=1)
     assert sub.train_images.shape == (50, 3, 32, 32) and sub.test_labels.shape == (23,)
     assert torch.bincount(sub.train_labels, minlength=10).tolist() == [5] * 10
@@ -574,7 +590,7 @@ def test_subset_is_stratified_seeded_and_consistent():
 
 
 def test_channel_stats_match_direct_computation():
-    full = _synthetic()
+    full = synthetic_cifar(300, 70, labels="balanced")
     mean, std = full.channel_stats
     x = full.train_images.double() / 255
     assert torch.allclose(mean.double(), x.mean((0, 2, 3)), atol=1e-6)
@@ -634,8 +650,9 @@ def test_standard_normalisation():
     loader = BatchLoader(images, labels, 64, normalize="standard")
     x = torch.cat([x for x, _ in loader]).double()
     assert torch.allclose(x.mean((0, 2, 3)), torch.zeros(3, dtype=torch.double), atol=1e-5)
-    assert torch.allclose(x.permute(1, 0, 2, 3).flatten(1).std(1, correction=0),
-                          torch.ones(3, dtype=torch.double), atol=1e-5)
+    assert torch.allclose(
+        x.permute(1, 0, 2, 3).flatten(1).std(1, correction=0), torch.ones(3, dtype=torch.double), atol=1e-5
+    )
     given = BatchLoader(images, labels, 64, normalize="standard", mean=[0.5] * 3, std=[0.25] * 3)
     x, _ = next(iter(given))
     assert torch.allclose(x, (images[:64].float() / 255 - 0.5) / 0.25, atol=1e-6)
@@ -645,8 +662,8 @@ def _all_shift_flips(image: np.ndarray, pad: int) -> list[np.ndarray]:
     """Reference: every crop of the zero-padded image, mirrored or not (plain numpy)."""
     c, h, w = image.shape
     padded = np.zeros((c, h + 2 * pad, w + 2 * pad), image.dtype)
-    padded[:, pad:pad + h, pad:pad + w] = image
-    crops = [padded[:, dy:dy + h, dx:dx + w] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
+    padded[:, pad : pad + h, pad : pad + w] = image
+    crops = [padded[:, dy : dy + h, dx : dx + w] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
     return crops + [crop[:, :, ::-1] for crop in crops]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,27 +17,22 @@ from torch import nn
 import dynprune_lib as dp
 from dynprune_lib.data import CIFAR10_CLASSES
 
+from conftest import free_port, synthetic_images
+
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _images(n: int, seed: int = 0, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
-    labels = (images.float().mean(dim=(2, 3)).argmax(dim=1) + 3 * (images[:, 0, 0, 0] > 127)).long()
-    return images, labels
+def _images(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    return synthetic_images(n, size=8, seed=seed)
 
 
 # ------------------------------------------------------------------- ShardedLoader
 
 
-@pytest.mark.parametrize("n, batch, world, drop_last", [(50, 8, 2, False), (50, 12, 4, False), (49, 8, 2, True),
-                                                       (41, 8, 2, False), (17, 8, 4, False)])
+@pytest.mark.parametrize(
+    "n, batch, world, drop_last",
+    [(50, 8, 2, False), (50, 12, 4, False), (49, 8, 2, True), (41, 8, 2, False), (17, 8, 4, False)],
+)
 def test_shards_partition_every_global_batch(n, batch, world, drop_last):
     images, labels = _images(n)
     make = lambda: dp.BatchLoader(images, labels, batch, shuffle=True, seed=3, drop_last=drop_last)  # noqa: E731
@@ -123,22 +117,43 @@ def _train(rank: int, world: int, out: Path) -> None:
     test = dp.BatchLoader(images[:16], labels[:16], 16)
     first_shard = None
     if world > 1:
-        ctx = dp.DistContext(rank, world, rank, torch.device("cpu"))
+        ctx = dp.distributed.DistContext(rank, world, rank, torch.device("cpu"))
         train = dp.ShardedLoader(train, rank, world)
-        first_shard = next(iter(dp.ShardedLoader(
-            dp.BatchLoader(images, labels, GLOBAL_BATCH, shuffle=True, seed=7, augment=True, padding=1),
-            rank, world)))[1]
+        first_shard = next(
+            iter(
+                dp.ShardedLoader(
+                    dp.BatchLoader(images, labels, GLOBAL_BATCH, shuffle=True, seed=7, augment=True, padding=1),
+                    rank,
+                    world,
+                )
+            )
+        )[1]
         net = dp.wrap_model(model, ctx)
         assert isinstance(net, nn.parallel.DistributedDataParallel)
     else:
         net = model
-    history = dp.fit(net, train, test, epochs=EPOCHS, optimizer=optimizer, pruner=pruner, device="cpu",
-                     checkpoint=out / f"ckpt_world{world}_rank{rank}.pt", progress=False, verbose=False)
-    torch.save({
-        "state": model.state_dict(), "threshold": pruner.threshold,
-        "updates": int(sum(row["pruned"] for row in pruner.log)), "test_acc": history["test_acc"].tolist(),
-        "first_shard": first_shard,
-    }, out / f"world{world}_rank{rank}.pt")
+    history = dp.fit(
+        net,
+        train,
+        test,
+        epochs=EPOCHS,
+        optimizer=optimizer,
+        pruner=pruner,
+        device="cpu",
+        checkpoint=out / f"ckpt_world{world}_rank{rank}.pt",
+        progress=False,
+        verbose=False,
+    )
+    torch.save(
+        {
+            "state": model.state_dict(),
+            "threshold": pruner.threshold,
+            "updates": int(sum(row["pruned"] for row in pruner.log)),
+            "test_acc": history["test_acc"].tolist(),
+            "first_shard": first_shard,
+        },
+        out / f"world{world}_rank{rank}.pt",
+    )
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -154,14 +169,17 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 def test_ddp_dsr_matches_one_process_on_the_same_global_batches(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     _train(0, 1, tmp_path)
-    r0, r1, single = (torch.load(tmp_path / name, weights_only=True)
-                      for name in ("world2_rank0.pt", "world2_rank1.pt", "world1_rank0.pt"))
+    r0, r1, single = (
+        torch.load(tmp_path / name, weights_only=True)
+        for name in ("world2_rank0.pt", "world2_rank1.pt", "world1_rank0.pt")
+    )
     assert single["updates"] > 0  # DSR did prune and regrow
     # each rank trained on its own half of the global batch
-    first = next(iter(dp.BatchLoader(*_images(64, seed=5), GLOBAL_BATCH, shuffle=True, seed=7, augment=True,
-                                     padding=1)))[1]
+    first = next(
+        iter(dp.BatchLoader(*_images(64, seed=5), GLOBAL_BATCH, shuffle=True, seed=7, augment=True, padding=1))
+    )[1]
     assert torch.equal(torch.cat([r0["first_shard"], r1["first_shard"]]), first)
     assert len(r0["first_shard"]) == GLOBAL_BATCH // 2
     for key, value in single["state"].items():
@@ -193,12 +211,31 @@ def test_torchrun_entry_point_trains_on_two_processes(tmp_path):
     data = tmp_path / "data"
     _write_tree(data, {"train": 4, "test": 2})
     run_dir = tmp_path / "runs"
-    env = {**os.environ, "DYNPRUNE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
-           "DYNPRUNE_PROGRESS": "0"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "dynprune_lib.distributed", "--recipe", "wrn-10-1-dsr-smoke",
-           "--batch-size", "8", "--epochs", "2", "--data-root", str(data), "--run-dir", str(run_dir),
-           "--device", "cpu", "--threads", "1"]
+    env = {**os.environ, "DYNPRUNE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "DYNPRUNE_PROGRESS": "0"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        "-m",
+        "dynprune_lib.study.ddp",
+        "--recipe",
+        "wrn-10-1-dsr-smoke",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--data-root",
+        str(data),
+        "--run-dir",
+        str(run_dir),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     history = pd.read_csv(run_dir / "wrn-10-1-dsr-smoke_seed0.csv")

@@ -10,9 +10,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 import dynprune_lib as dp
-from dynprune_lib import efficiency as ef
 from dynprune_lib.layers import sparse_modules
-
+from dynprune_lib.study import efficiency as ef
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -97,8 +96,9 @@ def test_inference_sparsity_sweep_changes_sparsity_without_touching_the_model():
     assert sweep["sparsity"].to_numpy() == pytest.approx([0.5, 0.9, 0.99], abs=1e-3)
     assert sweep["test_acc"].iloc[0] == 1.0  # nothing pruned beyond training: predictions unchanged
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    timed = ef.inference_sparsity_sweep(model, loader, [0.9], latency_batches=(2,), input_shape=(3, 16, 16),
-                                        seconds=0.01)
+    timed = ef.inference_sparsity_sweep(
+        model, loader, [0.9], latency_batches=(2,), input_shape=(3, 16, 16), seconds=0.01
+    )
     assert list(timed["batch"]) == [2] and timed["csr_ms"].iloc[0] > 0
 
 

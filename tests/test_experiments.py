@@ -13,28 +13,27 @@ import torch
 from torch import nn
 
 import dynprune_lib as dp
-from dynprune_lib import experiments as ex
-from dynprune_lib.efficiency import sparsity_summary
+from dynprune_lib import study
 from dynprune_lib.layers import erk_sparsities, sparse_modules
+from dynprune_lib.study.efficiency import sparsity_summary
 
+from conftest import synthetic_cifar
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _data(n_train: int = 64, n_test: int = 32, seed: int = 0) -> dp.CIFAR10Data:
-    """Tiny learnable CIFAR-shaped data: the label is the brightest colour channel (0-2)."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n_train + n_test, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = images.float().mean(dim=(2, 3)).argmax(dim=1).long()
-    return dp.CIFAR10Data(images[:n_train], labels[:n_train], images[n_train:], labels[n_train:],
-                          tuple(str(i) for i in range(10)), "synthetic")
-
-
-def _config(**changes) -> ex.ExperimentConfig:
+def _config(**changes) -> study.ExperimentConfig:
     """The smoke CNN profile on 8 steps (2 epochs of 4 batches), every scheduler active."""
-    base = ex.experiment_profile("dynamic_cnn", "smoke")
-    settings = {"epochs": 2, "batch_size": 16, "eval_batch_size": 32, "dsr_period": ((0.0, 1),),
-                "regrow_period": 1, "gradual": (0.25, 0.75), "gradual_every": 1}
+    base = study.experiment_profile("dynamic_cnn", "smoke")
+    settings = {
+        "epochs": 2,
+        "batch_size": 16,
+        "eval_batch_size": 32,
+        "dsr_period": ((0.0, 1),),
+        "regrow_period": 1,
+        "gradual": (0.25, 0.75),
+        "gradual_every": 1,
+    }
     return dataclasses.replace(base, **{**settings, **changes})
 
 
@@ -42,17 +41,17 @@ def _config(**changes) -> ex.ExperimentConfig:
 
 
 def test_profiles_overrides_and_errors():
-    cpu = ex.experiment_profile("dynamic_cnn", "cpu")
+    cpu = study.experiment_profile("dynamic_cnn", "cpu")
     assert cpu.epochs == 10 and cpu.model == "cnn" and cpu.sparsity == 0.9
-    assert ex.experiment_profile("dynamic_cnn", "cpu", epochs=None) == cpu  # None keeps
-    assert ex.experiment_profile("dynamic_cnn", "cpu", epochs=3).epochs == 3
-    assert ex.experiment_profile("dynamic_mlp", "gpu").seeds == (0, 1, 2)
+    assert study.experiment_profile("dynamic_cnn", "cpu", epochs=None) == cpu  # None keeps
+    assert study.experiment_profile("dynamic_cnn", "cpu", epochs=3).epochs == 3
+    assert study.experiment_profile("dynamic_mlp", "gpu").seeds == (0, 1, 2)
     with pytest.raises(ValueError, match="profile"):
-        ex.experiment_profile("dynamic_cnn", "tpu")
+        study.experiment_profile("dynamic_cnn", "tpu")
     with pytest.raises(ValueError, match="experiment"):
-        ex.experiment_profile("wrn", "cpu")
+        study.experiment_profile("wrn", "cpu")
     with pytest.raises(TypeError, match="unknown"):
-        ex.experiment_profile("dynamic_cnn", "cpu", learning_rate=1.0)
+        study.experiment_profile("dynamic_cnn", "cpu", learning_rate=1.0)
     with pytest.raises(ValueError, match="methods"):
         dataclasses.replace(cpu, methods=("dense", "lottery"))
     with pytest.raises(ValueError, match="dsr_period"):
@@ -66,7 +65,7 @@ def test_profiles_overrides_and_errors():
 
 
 def test_training_key_ignores_what_a_notebook_runs():
-    cpu = ex.experiment_profile("dynamic_cnn", "cpu")
+    cpu = study.experiment_profile("dynamic_cnn", "cpu")
     key = cpu.training_key("dsr", 0.9)
     assert dataclasses.replace(cpu, seeds=(0, 1, 2), name="x").training_key("dsr", 0.9) == key
     assert dataclasses.replace(cpu, lr=0.2).training_key("dsr", 0.9) != key
@@ -81,19 +80,19 @@ def test_sparse_layer_target_meets_conv_sparsity_with_dense_stem():
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     total = sum(m.weight.numel() for m in convs)
     sparse = total - convs[0].weight.numel()  # the first convolution stays dense
-    target = ex.sparse_layer_target(model, 0.9, "conv")
+    target = study.sparse_layer_target(model, 0.9, "conv")
     assert target == math.ceil(0.9 * total) / sparse
-    ex.init_random_masks(model, target, distribution="uniform", generator=torch.Generator().manual_seed(0))
+    study.init_random_masks(model, target, distribution="uniform", generator=torch.Generator().manual_seed(0))
     zeros = sum(int((m.weight == 0).sum()) for m in convs)
     assert 0.9 <= zeros / total < 0.9 + len(convs) / total
     with pytest.raises(ValueError, match="dense layers hold too many"):
-        ex.sparse_layer_target(dp.DynamicCNN(widths=(64, 2), convs_per_stage=1), 0.99, "conv")
+        study.sparse_layer_target(dp.DynamicCNN(widths=(64, 2), convs_per_stage=1), 0.99, "conv")
 
 
 def test_init_random_masks_erk_is_the_erk_distribution_and_seeded():
     model = dp.MLP(in_features=48, hidden=(32, 16), sparsity=0.0)
     layers = dict(sparse_modules(model))
-    got = ex.init_random_masks(model, 0.8, distribution="erk", generator=torch.Generator().manual_seed(1))
+    got = study.init_random_masks(model, 0.8, distribution="erk", generator=torch.Generator().manual_seed(1))
     expected = erk_sparsities([m.weight.shape for m in layers.values()], 0.8)
     for (name, layer), s in zip(layers.items(), expected):
         n = layer.weight.numel()
@@ -101,10 +100,10 @@ def test_init_random_masks_erk_is_the_erk_distribution_and_seeded():
         assert int((~layer.mask).sum()) == math.ceil(s * n - 1e-9)
         assert torch.all(layer.weight[~layer.mask] == 0)
     again = dp.MLP(in_features=48, hidden=(32, 16), sparsity=0.0)
-    ex.init_random_masks(again, 0.8, distribution="erk", generator=torch.Generator().manual_seed(1))
+    study.init_random_masks(again, 0.8, distribution="erk", generator=torch.Generator().manual_seed(1))
     assert all(torch.equal(a.mask, b.mask) for (_, a), (_, b) in zip(sparse_modules(model), sparse_modules(again)))
     with pytest.raises(ValueError, match="distribution"):
-        ex.init_random_masks(model, 0.8, distribution="normal", generator=torch.Generator())
+        study.init_random_masks(model, 0.8, distribution="normal", generator=torch.Generator())
 
 
 # --------------------------------------------------------------------------- per-step schedule
@@ -140,7 +139,7 @@ def test_step_schedule_steps_one_cycle_per_step_and_resumes():
             self.steps = state["steps"]
 
     opt, sched = make()
-    hook = ex.StepSchedule(sched, Pruner())
+    hook = dp.StepSchedule(sched, Pruner())
     got = []
     for i in range(20):
         opt.step()
@@ -149,24 +148,24 @@ def test_step_schedule_steps_one_cycle_per_step_and_resumes():
         if i == 9:  # resume half-way into a fresh hook
             state = hook.state_dict()
             opt, sched = make()
-            hook = ex.StepSchedule(sched, Pruner())
+            hook = dp.StepSchedule(sched, Pruner())
             hook.load_state_dict(state)
     assert got == pytest.approx(expected, rel=1e-12)
     assert hook.pruner.steps == 20 and hook.epoch_end(0) == {"sparsity": 0.5}
-    assert ex.StepSchedule(sched).epoch_end(0) == {}
+    assert dp.StepSchedule(sched).epoch_end(0) == {}
     with pytest.raises(ValueError, match="pruner"):
-        ex.StepSchedule(sched).load_state_dict(state)
+        dp.StepSchedule(sched).load_state_dict(state)
     with pytest.raises(TypeError, match="lr_scheduler"):
-        ex.StepSchedule(object())
+        dp.StepSchedule(object())
 
 
 # --------------------------------------------------------------------------- runs
 
 
-@pytest.mark.parametrize("method", ex.METHODS)
+@pytest.mark.parametrize("method", study.METHODS)
 def test_every_method_trains_reaches_its_sparsity_and_resumes(tmp_path, method):
-    data, config = _data(), _config()
-    run = ex.train_run(config, data, method, seed=0, run_dir=tmp_path, progress=False, verbose=False)
+    data, config = synthetic_cifar(), _config()
+    run = study.train_run(config, data, method, seed=0, run_dir=tmp_path, progress=False, verbose=False)
     assert list(run.history["epoch"]) == [1, 2]
     summary = sparsity_summary(run.model)
     if method == "dense":
@@ -180,7 +179,7 @@ def test_every_method_trains_reaches_its_sparsity_and_resumes(tmp_path, method):
     if method in ("dsr", "set", "rigl"):
         assert len(set(run.layer_sparsity.values())) > 1  # ERK: denser where a layer is small
     # Finished: a second call restores the run instead of training (the same wall times come back).
-    again = ex.train_run(config, data, method, seed=0, run_dir=tmp_path, progress=False, verbose=False)
+    again = study.train_run(config, data, method, seed=0, run_dir=tmp_path, progress=False, verbose=False)
     pd.testing.assert_frame_equal(again.history, run.history)
     assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), run.model.state_dict().values()))
 
@@ -189,64 +188,82 @@ def test_dsr_period_schedule_follows_the_epochs_fit_runs(tmp_path):
     """fit tells the scheduler the 0-based index of the epoch just finished: with periods
     {epoch 0: 1, epoch 2: none} DSR updates at every step of epochs 1 and 2, not after."""
     config = _config(epochs=3, dsr_period=((0.0, 1), (0.67, 0)))
-    run = ex.train_run(config, _data(), "dsr", run_dir=tmp_path, progress=False, verbose=False)
+    run = study.train_run(config, synthetic_cifar(), "dsr", run_dir=tmp_path, progress=False, verbose=False)
     steps = sorted(set(run.log["step"]) - {0})
     assert steps == list(range(1, 9))  # 4 steps per epoch
 
 
 def test_runs_are_deterministic_under_the_seed(tmp_path):
-    data, config = _data(), _config()
-    a = ex.train_run(config, data, "rigl", seed=3, run_dir=tmp_path / "a", progress=False, verbose=False)
-    b = ex.train_run(config, data, "rigl", seed=3, run_dir=tmp_path / "b", progress=False, verbose=False)
+    data, config = synthetic_cifar(), _config()
+    a = study.train_run(config, data, "rigl", seed=3, run_dir=tmp_path / "a", progress=False, verbose=False)
+    b = study.train_run(config, data, "rigl", seed=3, run_dir=tmp_path / "b", progress=False, verbose=False)
     cols = [c for c in a.history.columns if c != "seconds"]
     pd.testing.assert_frame_equal(a.history[cols], b.history[cols], check_exact=True)
     assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
-    c = ex.train_run(config, data, "rigl", seed=4, run_dir=tmp_path / "a", progress=False, verbose=False)
+    c = study.train_run(config, data, "rigl", seed=4, run_dir=tmp_path / "a", progress=False, verbose=False)
     assert not torch.equal(c.model.features[4].mask, a.model.features[4].mask)
 
 
 def test_run_errors_name_the_argument(tmp_path):
-    data = _data()
+    data = synthetic_cifar()
     with pytest.raises(ValueError, match="method"):
-        ex.train_run(_config(), data, "lottery", run_dir=tmp_path)
+        study.train_run(_config(), data, "lottery", run_dir=tmp_path)
     with pytest.raises(ValueError, match="dense"):
-        ex.train_run(_config(), data, "dense", sparsity=0.5, run_dir=tmp_path)
+        study.train_run(_config(), data, "dense", sparsity=0.5, run_dir=tmp_path)
     with pytest.raises(ValueError, match="gradual"):  # would end after the last step
-        ex.train_run(_config(gradual_every=7), data, "magnitude_gradual", run_dir=tmp_path)
+        study.train_run(_config(gradual_every=7), data, "magnitude_gradual", run_dir=tmp_path)
     with pytest.raises(ValueError, match="warmup"):
-        ex.train_run(_config(warmup=0.1), data, "dense", run_dir=tmp_path)
+        study.train_run(_config(warmup=0.1), data, "dense", run_dir=tmp_path)
 
 
 def test_baseline_history_reads_notebook_01_or_trains(tmp_path):
-    data = _data()
-    rows = pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.5], "train_acc": [0.3, 0.4],
-                         "test_loss": [1.9, 1.6], "test_acc": [0.35, 0.42], "lr": 1e-3, "seconds": 1.0})
+    data = synthetic_cifar()
+    rows = pd.DataFrame(
+        {
+            "epoch": [1, 2],
+            "train_loss": [2.0, 1.5],
+            "train_acc": [0.3, 0.4],
+            "test_loss": [1.9, 1.6],
+            "test_acc": [0.35, 0.42],
+            "lr": 1e-3,
+            "seconds": 1.0,
+        }
+    )
     rows.to_csv(tmp_path / "baseline.csv", index=False)
-    history, source = ex.baseline_history(tmp_path, data, epochs=2, run_dir=tmp_path / "runs", verbose=False)
+    history, source = study.baseline_history(tmp_path, data, epochs=2, run_dir=tmp_path / "runs", verbose=False)
     assert "notebook 01" in source
     pd.testing.assert_frame_equal(history, rows)
-    history, source = ex.baseline_history(tmp_path, data, epochs=1, run_dir=tmp_path / "runs", verbose=False)
+    history, source = study.baseline_history(tmp_path, data, epochs=1, run_dir=tmp_path / "runs", verbose=False)
     assert "trained here" in source and "2 epochs" in source and len(history) == 1
 
 
 # --------------------------------------------------------------------------- tables
 
 
-def _fake_run(method: str, seed: int, accs: list[float], zeros: int = 0) -> ex.Run:
+def _fake_run(method: str, seed: int, accs: list[float], zeros: int = 0) -> study.Run:
     """A run with a given history and a 3x3 convolution holding ``zeros`` zero weights of 9."""
-    history = pd.DataFrame({"epoch": range(1, len(accs) + 1), "train_loss": 1.0, "train_acc": 0.5,
-                            "test_loss": 1.0, "test_acc": accs, "lr": 0.1, "seconds": 2.0})
+    history = pd.DataFrame(
+        {
+            "epoch": range(1, len(accs) + 1),
+            "train_loss": 1.0,
+            "train_acc": 0.5,
+            "test_loss": 1.0,
+            "test_acc": accs,
+            "lr": 0.1,
+            "seconds": 2.0,
+        }
+    )
     model = nn.Conv2d(1, 1, 3, bias=False)
     with torch.no_grad():
         model.weight.fill_(1.0).view(-1)[:zeros] = 0.0
-    config = ex.experiment_profile("dynamic_cnn", "smoke")
-    return ex.Run(method, seed, 0.9, model, history, None, {}, Path("unused.pt"), config)
+    config = study.experiment_profile("dynamic_cnn", "smoke")
+    return study.Run(method, seed, 0.9, model, history, None, {}, Path("unused.pt"), config)
 
 
 def test_method_table_aggregates_seeds_and_adds_the_baseline():
     runs = [_fake_run("dsr", 0, [0.5, 0.7], 8), _fake_run("dsr", 1, [0.6, 0.8], 7), _fake_run("set", 0, [0.4, 0.6])]
     baseline = runs[2].history.assign(test_acc=[0.55, 0.65])
-    table = ex.method_table(runs, baseline=baseline).set_index("method")
+    table = study.method_table(runs, baseline=baseline).set_index("method")
     assert list(table.index) == ["dsr", "set", "baseline"]
     assert table.loc["dsr", "seeds"] == 2
     assert table.loc["dsr", "final_test_acc"] == pytest.approx(0.75)
@@ -259,56 +276,75 @@ def test_method_table_aggregates_seeds_and_adds_the_baseline():
     assert table.loc["baseline", "final_test_acc"] == 0.65 and table.loc["baseline", "conv_sparsity"] == 0.0
     assert table.loc["dsr", "precision"] == runs[0].config.precision and table.loc["baseline", "precision"] == "fp32"
     with pytest.raises(ValueError, match="empty"):
-        ex.method_table([])
-    long = ex.histories_frame(runs)
+        study.method_table([])
+    long = study.histories_frame(runs)
     assert len(long) == 6 and set(long["method"]) == {"dsr", "set"}
-    assert list(ex.mean_history(runs[:2])["test_acc"]) == pytest.approx([0.55, 0.75])
+    assert list(study.mean_history(runs[:2])["test_acc"]) == pytest.approx([0.55, 0.75])
 
 
 def test_target_table_checks_accuracy_sparsity_and_time():
-    paper_final = dp.PAPER["dynamic_cnn"]["final test_acc"]
+    paper_final = study.PAPER["dynamic_cnn"]["final test_acc"]
     good = _fake_run("dsr", 0, [0.5, paper_final + 0.01], zeros=9)  # 9 of 9 weights zero
-    table = ex.target_table(good, time_budget_minutes=1.0).set_index("criterion")
+    table = study.target_table(good, time_budget_minutes=1.0).set_index("criterion")
     assert table["met"].all()
     assert table.loc["fraction of conv weights that are zero", "ours"] == 1.0
     bad = _fake_run("dsr", 0, [0.5, paper_final - 0.01], zeros=1)
-    table = ex.target_table(bad, time_budget_minutes=0.01)
+    table = study.target_table(bad, time_budget_minutes=0.01)
     assert not table["met"].any() and len(table) == 3
 
 
 def test_sparsity_claim_table_pairs_retrained_and_inference_accuracy():
-    runs = pd.DataFrame({"method": ["dense", "dsr", "dsr", "dsr"], "sparsity_target": [math.nan, 0.5, 0.9, 0.9],
-                         "final_test_acc": [0.6, 0.58, 0.5, 0.52]})
-    inference = pd.DataFrame({"source": ["dense"] * 3, "sparsity_target": [0.5, 0.9, 0.9],
-                              "test_acc": [0.59, 0.3, 0.3], "batch": [1, 1, 128]})
-    table = ex.sparsity_claim_table(runs, inference).set_index("sparsity")
+    runs = pd.DataFrame(
+        {
+            "method": ["dense", "dsr", "dsr", "dsr"],
+            "sparsity_target": [math.nan, 0.5, 0.9, 0.9],
+            "final_test_acc": [0.6, 0.58, 0.5, 0.52],
+        }
+    )
+    inference = pd.DataFrame(
+        {
+            "source": ["dense"] * 3,
+            "sparsity_target": [0.5, 0.9, 0.9],
+            "test_acc": [0.59, 0.3, 0.3],
+            "batch": [1, 1, 128],
+        }
+    )
+    table = study.sparsity_claim_table(runs, inference).set_index("sparsity")
     assert table.loc[0.9, "retrained"] == pytest.approx(0.51)
     assert table.loc[0.9, "dense - retrained"] == pytest.approx(0.3 - 0.51)
     assert table.loc[0.5, "dense"] == 0.59
 
 
 def test_inference_sweep_and_run_latency_label_their_rows(tmp_path):
-    data = _data()
-    config = dataclasses.replace(ex.experiment_profile("dynamic_mlp", "smoke"), epochs=2, batch_size=16,
-                                 inference_sparsities=(0.5, 0.9), latency_batches=(1,), latency_seconds=0.01)
-    runs = ex.sparsity_sweep(config, data, methods=["dsr"], sparsities=(0.5,), run_dir=tmp_path, progress=False,
-                             verbose=False)
+    data = synthetic_cifar()
+    config = dataclasses.replace(
+        study.experiment_profile("dynamic_mlp", "smoke"),
+        epochs=2,
+        batch_size=16,
+        inference_sparsities=(0.5, 0.9),
+        latency_batches=(1,),
+        latency_seconds=0.01,
+    )
+    runs = study.sparsity_sweep(
+        config, data, methods=["dsr"], sparsities=(0.5,), run_dir=tmp_path, progress=False, verbose=False
+    )
     assert [(r.method, r.sparsity) for r in runs] == [("dense", None), ("dsr", 0.5)]
-    test_loader = ex.make_loaders(config, data)[1]
-    sweep = ex.inference_sweep({"dense": runs[0]}, test_loader)
+    test_loader = study.experiment_loaders(config, data)[1]
+    sweep = study.inference_sweep({"dense": runs[0]}, test_loader)
     assert list(sweep["source"]) == ["dense", "dense"] and list(sweep["sparsity_target"]) == [0.5, 0.9]
     assert sweep["sparsity"].to_numpy() == pytest.approx([0.5, 0.9], abs=1e-3)
-    latency = ex.run_latency(runs)
+    latency = study.run_latency(runs)
     assert list(latency["method"]) == ["dense", "dsr"] and (latency["csr_ms"] > 0).all()
-    assert list(ex.run_latency(runs, methods=["dsr"])["method"]) == ["dsr"]
+    assert list(study.run_latency(runs, methods=["dsr"])["method"]) == ["dsr"]
     with pytest.raises(ValueError, match="no run of methods"):
-        ex.run_latency(runs, methods=["rigl"])
-    table = ex.run_table(runs)
+        study.run_latency(runs, methods=["rigl"])
+    table = study.run_table(runs)
     assert table.loc[1, "linear_sparsity"] >= 0.5 and table.loc[0, "linear_sparsity"] == 0.0
-    storage = ex.run_storage(runs, tmp_path / "export")
+    storage = study.run_storage(runs, tmp_path / "export")
     assert list(storage["method"].unique()) == ["dense", "dsr"]
     assert storage["sparsity"].tolist() == pytest.approx(
-        [sparsity_summary(r.model)["sparse_layers"] for r in runs for _ in range(4)])
+        [sparsity_summary(r.model)["sparse_layers"] for r in runs for _ in range(4)]
+    )
     written = storage[storage["file"] != ""]
     assert [(tmp_path / "export" / f).stat().st_size for f in written["file"]] == written["bytes"].tolist()
     csr = storage[storage["format"].str.startswith("CSR float32")].set_index("method")["bytes"]
@@ -317,22 +353,35 @@ def test_inference_sweep_and_run_latency_label_their_rows(tmp_path):
 
 def test_sparsity_sweep_runs_every_pruning_method_at_every_sparsity(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(ex, "train_run", lambda config, data, method, *, seed, sparsity, **_: calls.append(
-        (method, seed, sparsity)))
-    config = dataclasses.replace(ex.experiment_profile("dynamic_mlp", "smoke"), seeds=(0, 1),
-                                 methods=("dense", "dsr", "set"), sparsities=(0.5, 0.9))
-    ex.sparsity_sweep(config, _data(), run_dir=tmp_path, verbose=False)
-    assert calls == [(m, seed, s) for seed in (0, 1)
-                     for m, s in [("dense", None), ("dsr", 0.5), ("dsr", 0.9), ("set", 0.5), ("set", 0.9)]]
+    monkeypatch.setattr(
+        study.experiments,
+        "train_run",
+        lambda config, data, method, *, seed, sparsity, **_: calls.append((method, seed, sparsity)),
+    )
+    config = dataclasses.replace(
+        study.experiment_profile("dynamic_mlp", "smoke"),
+        seeds=(0, 1),
+        methods=("dense", "dsr", "set"),
+        sparsities=(0.5, 0.9),
+    )
+    study.sparsity_sweep(config, synthetic_cifar(), run_dir=tmp_path, verbose=False)
+    assert calls == [
+        (m, seed, s)
+        for seed in (0, 1)
+        for m, s in [("dense", None), ("dsr", 0.5), ("dsr", 0.9), ("set", 0.5), ("set", 0.9)]
+    ]
     with pytest.raises(ValueError, match="besides 'dense'"):
-        ex.sparsity_sweep(config, _data(), methods=["dense"], run_dir=tmp_path)
+        study.sparsity_sweep(config, synthetic_cifar(), methods=["dense"], run_dir=tmp_path)
 
 
 def test_paper_marks_come_from_the_paper_table():
-    paper = dp.PAPER["dynamic_cnn"]
-    marks = ex.paper_marks("dynamic_cnn", 10)
-    assert marks == {1: paper["test_acc after epoch 1"], 4: paper["test_acc after epoch 4"],
-                     10: paper["final test_acc"]}
-    assert ex.paper_marks("dynamic_cnn", 1)[1] == paper["test_acc after epoch 1"]
+    paper = study.PAPER["dynamic_cnn"]
+    marks = study.paper_marks("dynamic_cnn", 10)
+    assert marks == {
+        1: paper["test_acc after epoch 1"],
+        4: paper["test_acc after epoch 4"],
+        10: paper["final test_acc"],
+    }
+    assert study.paper_marks("dynamic_cnn", 1)[1] == paper["test_acc after epoch 1"]
     with pytest.raises(ValueError, match="experiment"):
-        ex.paper_marks("mlp", 10)
+        study.paper_marks("mlp", 10)

@@ -12,8 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from dynprune_lib import DynamicCNN, DynamicConv2d, DynamicLinear, MLP, WideResNet, densify, to_sparse_inference
-from dynprune_lib import inference
+from dynprune_lib import (
+    MLP,
+    DynamicCNN,
+    DynamicConv2d,
+    DynamicLinear,
+    WideResNet,
+    densify,
+    inference,
+    to_sparse_inference,
+)
 from dynprune_lib.inference import LayerChoice, SparseConv2d, SparseLinear
 from dynprune_lib.models import _WideBasic
 
@@ -110,7 +118,9 @@ def test_timing_decides_per_layer(models, monkeypatch):
     model = models["mlp"]
     x = torch.randn(1, 3, 8, 8)
     for dense_time, sparse_time, expect_sparse in [(1.0, 0.5, True), (1.0, 0.97, False), (1.0, 2.0, False)]:
-        monkeypatch.setattr(inference, "_time_pair", lambda *args, d=dense_time, s=sparse_time: (d, s))
+        monkeypatch.setattr(
+            inference, "time_interleaved", lambda fns, d=dense_time, s=sparse_time, **_: {"dense": [d], "sparse": [s]}
+        )
         report: list[LayerChoice] = []
         converted = to_sparse_inference(model, x, report=report)
         assert [choice.sparse for choice in report] == [expect_sparse] * 3

@@ -36,10 +36,15 @@ def _seed_and_one_thread():
 
 def small_net() -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(),
-        nn.Linear(8 * 4 * 4, 32), nn.ReLU(),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 32),
+        nn.ReLU(),
         nn.Linear(32, 10),
     )
 
@@ -438,10 +443,22 @@ def test_sparsify_include_exclude():
 
 
 def test_sparsify_random_masks_are_reproducible_and_erk_budget():
-    a = sparsify(small_net(), 0.9, keep_ends_dense=False, mask_init="random", distribution="erk",
-                 generator=torch.Generator().manual_seed(5))
-    b = sparsify(small_net(), 0.9, keep_ends_dense=False, mask_init="random", distribution="erk",
-                 generator=torch.Generator().manual_seed(5))
+    a = sparsify(
+        small_net(),
+        0.9,
+        keep_ends_dense=False,
+        mask_init="random",
+        distribution="erk",
+        generator=torch.Generator().manual_seed(5),
+    )
+    b = sparsify(
+        small_net(),
+        0.9,
+        keep_ends_dense=False,
+        mask_init="random",
+        distribution="erk",
+        generator=torch.Generator().manual_seed(5),
+    )
     layers_a, layers_b = dict(sparse_modules(a)), dict(sparse_modules(b))
     for name in layers_a:
         assert torch.equal(layers_a[name].mask, layers_b[name].mask)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from dynprune_lib import plots
+from dynprune_lib.study import plots
 
 
 @pytest.fixture(autouse=True)
@@ -38,10 +38,14 @@ def test_figure_1_draws_the_loop_and_the_export(tmp_path):
 
 
 def test_pruning_log_plots_each_layer_and_skips_nan_thresholds():
-    log = pd.DataFrame({
-        "step": [0, 0, 100, 100], "layer": ["a", "b", "a", "b"], "sparsity": [0.9, 0.8, 0.91, 0.79],
-        "threshold": [1e-3, 1e-3, 2e-3, 2e-3],
-    })
+    log = pd.DataFrame(
+        {
+            "step": [0, 0, 100, 100],
+            "layer": ["a", "b", "a", "b"],
+            "sparsity": [0.9, 0.8, 0.91, 0.79],
+            "threshold": [1e-3, 1e-3, 2e-3, 2e-3],
+        }
+    )
     fig = plots.plot_pruning_log(log, steps_per_epoch=100)
     left, right = fig.axes
     assert len(left.lines) == 2 and len(right.lines) == 2
@@ -55,10 +59,14 @@ def test_pruning_log_plots_each_layer_and_skips_nan_thresholds():
 
 
 def test_method_comparison_means_over_seeds():
-    histories = pd.DataFrame({
-        "method": ["dsr"] * 4 + ["set"] * 2, "seed": [0, 0, 1, 1, 0, 0], "epoch": [1, 2, 1, 2, 1, 2],
-        "test_acc": [0.5, 0.7, 0.6, 0.8, 0.4, 0.6],
-    })
+    histories = pd.DataFrame(
+        {
+            "method": ["dsr"] * 4 + ["set"] * 2,
+            "seed": [0, 0, 1, 1, 0, 0],
+            "epoch": [1, 2, 1, 2, 1, 2],
+            "test_acc": [0.5, 0.7, 0.6, 0.8, 0.4, 0.6],
+        }
+    )
     baseline = pd.DataFrame({"epoch": [1, 2], "test_acc": [0.55, 0.65]})
     fig = plots.plot_method_comparison(histories, baseline=baseline, labels={"dsr": "DSR"})
     curves, bars = fig.axes
@@ -71,11 +79,16 @@ def test_method_comparison_means_over_seeds():
 
 
 def test_accuracy_and_latency_against_sparsity():
-    runs = pd.DataFrame({"method": ["dense", "dsr", "dsr", "dsr", "dsr"],
-                         "sparsity_target": [np.nan, 0.5, 0.9, 0.5, 0.9],
-                         "final_test_acc": [0.53, 0.5, 0.45, 0.52, 0.47]})
-    inference = pd.DataFrame({"source": ["dense"] * 3, "sparsity_target": [0.5, 0.9, 0.9], "batch": [1, 1, 8],
-                              "test_acc": [0.5, 0.3, 0.3]})
+    runs = pd.DataFrame(
+        {
+            "method": ["dense", "dsr", "dsr", "dsr", "dsr"],
+            "sparsity_target": [np.nan, 0.5, 0.9, 0.5, 0.9],
+            "final_test_acc": [0.53, 0.5, 0.45, 0.52, 0.47],
+        }
+    )
+    inference = pd.DataFrame(
+        {"source": ["dense"] * 3, "sparsity_target": [0.5, 0.9, 0.9], "batch": [1, 1, 8], "test_acc": [0.5, 0.3, 0.3]}
+    )
     fig = plots.plot_accuracy_vs_sparsity(runs, inference)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.5", "0.9"]
@@ -87,13 +100,21 @@ def test_accuracy_and_latency_against_sparsity():
         plots.plot_accuracy_vs_sparsity(runs.drop(columns="final_test_acc"))
     with pytest.raises(ValueError, match="method"):
         plots.plot_accuracy_vs_sparsity(runs, method="set")
-    latency = pd.DataFrame({"sparsity": [0.5, 0.9] * 2, "batch": [1, 1, 8, 8], "dense_ms": [1.0, 1.0, 4.0, 4.0],
-                            "csr_ms": [2.0, 0.5, 8.0, 2.0], "source": ["a", "a", "b", "b"]})
+    latency = pd.DataFrame(
+        {
+            "sparsity": [0.5, 0.9] * 2,
+            "batch": [1, 1, 8, 8],
+            "dense_ms": [1.0, 1.0, 4.0, 4.0],
+            "csr_ms": [2.0, 0.5, 8.0, 2.0],
+            "source": ["a", "a", "b", "b"],
+        }
+    )
     fig = plots.plot_latency_vs_sparsity(latency)
     speed = fig.axes[1]
     assert list(speed.lines[0].get_ydata()) == pytest.approx([0.5, 2.0])
-    fig = plots.plot_latency_vs_sparsity(latency.rename(columns={"sparsity": "sparsity_target"}),
-                                         x="sparsity_target", by="source")
+    fig = plots.plot_latency_vs_sparsity(
+        latency.rename(columns={"sparsity": "sparsity_target"}), x="sparsity_target", by="source"
+    )
     assert [line.get_label() for line in fig.axes[1].lines][:2] == ["a, batch 1", "b, batch 8"]
     with pytest.raises(ValueError, match="csr_ms"):
         plots.plot_latency_vs_sparsity(latency.drop(columns="csr_ms"))
@@ -102,18 +123,28 @@ def test_accuracy_and_latency_against_sparsity():
 
 
 def test_analysis_figures_plot_every_model_method_and_format():
-    accuracy = pd.DataFrame({"model": ["CNN", "CNN", "MLP", "MLP", "MLP", "MLP"],
-                             "method": ["dense", "dsr", "dense", "dsr", "dsr", "set"],
-                             "sparsity": [0.0, 0.9, 0.0, 0.5, 0.9, 0.9],
-                             "final_test_acc": [0.83, 0.81, 0.57, 0.58, 0.56, 0.55]})
+    accuracy = pd.DataFrame(
+        {
+            "model": ["CNN", "CNN", "MLP", "MLP", "MLP", "MLP"],
+            "method": ["dense", "dsr", "dense", "dsr", "dsr", "set"],
+            "sparsity": [0.0, 0.9, 0.0, 0.5, 0.9, 0.9],
+            "final_test_acc": [0.83, 0.81, 0.57, 0.58, 0.56, 0.55],
+        }
+    )
     fig = plots.plot_accuracy_vs_sparsity_by_method(accuracy)
     assert [ax.get_title() for ax in fig.axes] == ["CNN", "MLP"]
     assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["dense", "dsr", "set"]
     dsr_line = fig.axes[1].containers[1].lines[0]  # errorbar container of 'dsr' in the MLP panel
     assert dsr_line.get_ydata().tolist() == [0.58, 0.56]
     assert dsr_line.get_xdata() == pytest.approx([0.5, 0.1])  # plotted against the density 1 - s
-    storage = pd.DataFrame({"model": ["MLP"] * 4, "sparsity": [0.0, 0.9, 0.0, 0.9],
-                            "format": ["dense", "dense", "CSR", "CSR"], "bytes": [4e6, 4e6, 4e6, 5e5]})
+    storage = pd.DataFrame(
+        {
+            "model": ["MLP"] * 4,
+            "sparsity": [0.0, 0.9, 0.0, 0.9],
+            "format": ["dense", "dense", "CSR", "CSR"],
+            "bytes": [4e6, 4e6, 4e6, 5e5],
+        }
+    )
     fig = plots.plot_storage_vs_sparsity(storage)
     assert [line.get_ydata().tolist() for line in fig.axes[0].lines] == [[4.0, 4.0], [4.0, 0.5]]
     times = pd.DataFrame({"model": ["CNN", "CNN", "WRN"], "method": ["dense", "dsr", "wrn"], "minutes": [5.0, 5.5, 20]})

@@ -14,8 +14,12 @@ import nbformat
 import pandas as pd
 import pytest
 
-import dynprune_lib as dp
-from dynprune_lib.report import build_report, figure_files, table_files
+from dynprune_lib import study
+
+from conftest import load_script
+
+report = load_script("report")
+build_report, figure_files, table_files = report.build_report, report.figure_files, report.table_files
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,21 +38,29 @@ def _assert_every_figure_embedded(report_path: Path, figures_dir: Path) -> None:
 
 
 def _notebook(path: Path, text: str) -> Path:
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {text}"),
-                                         nbformat.v4.new_code_cell("print(1 + 1)", outputs=[nbformat.v4.new_output(
-                                             "stream", name="stdout", text="2\n")])])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell(f"# {text}"),
+            nbformat.v4.new_code_cell(
+                "print(1 + 1)", outputs=[nbformat.v4.new_output("stream", name="stdout", text="2\n")]
+            ),
+        ]
+    )
     nbformat.write(nb, path)
     return path
 
 
 def test_report_holds_the_notebooks_in_order_and_every_figure_and_table(tmp_path):
     figures, results = tmp_path / "figures", tmp_path / "results"
-    fig = dp.plot_history(pd.DataFrame({"epoch": [1, 2], "train_acc": [0.1, 0.2], "test_acc": [0.1, 0.15]}))
-    dp.save_figure(fig, "history", figures)
+    fig = study.plot_history(pd.DataFrame({"epoch": [1, 2], "train_acc": [0.1, 0.2], "test_acc": [0.1, 0.15]}))
+    study.save_figure(fig, "history", figures)
     results.mkdir()
     pd.DataFrame({"metric": ["final test_acc"], "ours": [0.8123]}).to_csv(results / "t.csv", index=False)
     (results / "bench.json").write_text('{"speedup": 1.25}')
-    notebooks = [_notebook(tmp_path / "01_a.ipynb", "first notebook"), _notebook(tmp_path / "02_b.ipynb", "second notebook")]
+    notebooks = [
+        _notebook(tmp_path / "01_a.ipynb", "first notebook"),
+        _notebook(tmp_path / "02_b.ipynb", "second notebook"),
+    ]
     out = build_report(notebooks, tmp_path / "out" / "report.html", figures_dir=figures, results_dir=results)
     text = out.read_text(encoding="utf-8")
     assert text.index("first notebook") < text.index("second notebook") < text.index("Appendix A")
@@ -71,8 +83,9 @@ def test_report_errors_name_the_bad_input(tmp_path):
         build_report([broken], tmp_path / "r.html", figures_dir=tmp_path / "nowhere", results_dir=results)
     (results / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="bad.json"):
-        build_report([_notebook(tmp_path / "ok.ipynb", "ok")], tmp_path / "r.html", figures_dir=figures,
-                     results_dir=results)
+        build_report(
+            [_notebook(tmp_path / "ok.ipynb", "ok")], tmp_path / "r.html", figures_dir=figures, results_dir=results
+        )
     assert not (tmp_path / "r.html").exists()  # nothing half-written
 
 

@@ -6,7 +6,6 @@ import copy
 import io
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from torch.nn.utils import prune
 from dynprune_lib.layers import DynamicConv2d, DynamicLinear, sparse_modules, sparsify
 from dynprune_lib.schedulers import DSR, SET, MagnitudePruning, RigL, allocate_proportional
 
+from conftest import free_port
 
 # --------------------------------------------------------------------------- #
 # helpers
@@ -29,8 +29,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def tiny_model(seed: int = 0, sparsity: float = 0.7) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(
-        DynamicConv2d(2, 6, 3, initial_sparsity=sparsity), nn.ReLU(), nn.Flatten(),
-        DynamicLinear(6 * 4 * 4, 20, sparsity), nn.ReLU(),
+        DynamicConv2d(2, 6, 3, initial_sparsity=sparsity),
+        nn.ReLU(),
+        nn.Flatten(),
+        DynamicLinear(6 * 4 * 4, 20, sparsity),
+        nn.ReLU(),
         DynamicLinear(20, 4, sparsity),
     )
 
@@ -160,11 +163,11 @@ def test_dsr_regrowth_proportional_to_surviving_weights_and_never_where_just_pru
     grown = [m.mask & ~o for m, o in zip(layers, old)]
     assert k > 30
     assert sum(int(g.sum()) for g in grown) == k
-    for g, p, o, l, m in zip(grown, pruned, old, survivors, layers):
+    for g, p, o, kept, m in zip(grown, pruned, old, survivors, layers):
         assert not (g & p).any()  # nothing regrown where just pruned
         assert not (g & o).any()  # regrown only where the weight was zero before
         assert not (m.mask & p).any()  # pruned ones are gone
-        assert abs(int(g.sum()) - k * l / sum(survivors)) < 1.0  # proportional, within rounding
+        assert abs(int(g.sum()) - k * kept / sum(survivors)) < 1.0  # proportional, within rounding
         assert torch.count_nonzero(m.weight[g]) == 0  # new weights start at zero
 
 
@@ -192,10 +195,13 @@ def test_dsr_keeps_at_least_one_weight_per_layer():
     assert pruner.log[-1]["pruned"] == 49 and int(model[0].mask.sum()) == 50
 
 
-@pytest.mark.parametrize("make_opt", [
-    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
-    lambda p: torch.optim.Adam(p, lr=1e-2),
-])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+        lambda p: torch.optim.Adam(p, lr=1e-2),
+    ],
+)
 def test_dsr_resets_optimizer_state_of_pruned_and_regrown(make_opt):
     model = tiny_model()
     opt = make_opt(model.parameters())
@@ -314,7 +320,15 @@ def test_log_frame_and_epoch_end():
     out = pruner.epoch_end(0)
     frame = pruner.log_frame()
     assert list(frame.columns) == [
-        "step", "epoch", "layer", "sparsity", "mask_sparsity", "n_active", "threshold", "pruned", "regrown"
+        "step",
+        "epoch",
+        "layer",
+        "sparsity",
+        "mask_sparsity",
+        "n_active",
+        "threshold",
+        "pruned",
+        "regrown",
     ]
     assert len(frame) == 4 * 3  # construction + 3 updates, 3 layers each
     assert set(frame.layer) == {"0", "3", "5"}
@@ -519,12 +533,6 @@ def test_bad_epoch_argument():
 # --------------------------------------------------------------------------- #
 # torch.distributed: masks agree across ranks
 # --------------------------------------------------------------------------- #
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -536,8 +544,12 @@ def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         pruner = DSR(model, opt, n_prune=30, period=3, seed=rank)
         train(model, opt, pruner, batches(18, seed=100 + rank))  # each rank its own data
         torch.save(
-            {"masks": masks(model), "threshold": pruner.threshold, "log": pruner.log,
-             "weights": {n: m.weight.detach() for n, m in sparse_modules(model)}},
+            {
+                "masks": masks(model),
+                "threshold": pruner.threshold,
+                "log": pruner.log,
+                "weights": {n: m.weight.detach() for n, m in sparse_modules(model)},
+            },
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
     finally:
@@ -558,7 +570,7 @@ def test_masks_identical_across_two_gloo_ranks(tmp_path):
         local.append(masks(model))
     assert not all(torch.equal(local[0][k], local[1][k]) for k in local[0])
 
-    mp.spawn(_dist_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_dist_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for k in r0["masks"]:

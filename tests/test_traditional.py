@@ -7,13 +7,14 @@ import pytest
 import torch
 from skimage.feature import hog
 
-import dynprune_lib as dp
-from dynprune_lib import traditional
+from dynprune_lib import study
+from dynprune_lib.study import traditional
+
+from conftest import synthetic_images
 
 
-def _random_images(n: int, seed: int = 0, size: int = 32) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+def _random_images(n: int, seed: int = 0) -> torch.Tensor:
+    return synthetic_images(n, seed=seed)[0]
 
 
 def _stripes(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,15 +37,21 @@ def _stripes(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 # ------------------------------------------------------------------------ features
 
 
-@pytest.mark.parametrize("config", [dp.FeatureConfig(), dp.FeatureConfig(orientations=6, pixels_per_cell=4,
-                                                                         cells_per_block=3)])
+@pytest.mark.parametrize(
+    "config", [study.FeatureConfig(), study.FeatureConfig(orientations=6, pixels_per_cell=4, cells_per_block=3)]
+)
 def test_hog_equals_skimage_on_single_images(config):
     images = _random_images(3)
-    ours = dp.hog_features(images, config, progress=False)
+    ours = study.hog_features(images, config, progress=False)
     for i in range(3):
-        expected = hog(images[i].permute(1, 2, 0).numpy(), orientations=config.orientations,
-                       pixels_per_cell=(config.pixels_per_cell,) * 2, cells_per_block=(config.cells_per_block,) * 2,
-                       block_norm="L2-Hys", channel_axis=-1)
+        expected = hog(
+            images[i].permute(1, 2, 0).numpy(),
+            orientations=config.orientations,
+            pixels_per_cell=(config.pixels_per_cell,) * 2,
+            cells_per_block=(config.cells_per_block,) * 2,
+            block_norm="L2-Hys",
+            channel_axis=-1,
+        )
         np.testing.assert_allclose(ours[i], expected, rtol=1e-6, atol=1e-7)
     assert ours.shape == (3, config.hog_dim()) and ours.dtype == np.float32
 
@@ -56,16 +63,16 @@ def test_hog_in_parallel_chunks_equals_in_one_piece():
     # joblib's threads stand in for its worker processes (which take ~10 s to start here):
     # what is tested is our chunking and reassembly, in order.
     with parallel_config(backend="threading"):
-        parallel = dp.hog_features(images, n_jobs=2, chunk_size=3, progress=False)
-    np.testing.assert_array_equal(parallel, dp.hog_features(images, n_jobs=1, chunk_size=10, progress=False))
+        parallel = study.hog_features(images, n_jobs=2, chunk_size=3, progress=False)
+    np.testing.assert_array_equal(parallel, study.hog_features(images, n_jobs=1, chunk_size=10, progress=False))
     with pytest.raises(ValueError, match="n_jobs"):
-        dp.hog_features(images, n_jobs=0)
+        study.hog_features(images, n_jobs=0)
 
 
 def test_color_histogram_equals_numpy_histogramdd():
     images = _random_images(4, seed=2)
     images[1] = 255  # edge bins
-    ours = dp.color_histograms(images, bins=4)
+    ours = study.color_histograms(images, bins=4)
     for i in range(4):
         pixels = images[i].reshape(3, -1).T.numpy()
         expected, _ = np.histogramdd(pixels, bins=(4, 4, 4), range=[(0, 256)] * 3)
@@ -74,33 +81,39 @@ def test_color_histogram_equals_numpy_histogramdd():
 
 
 def test_feature_vector_is_hog_then_colour_of_stated_length():
-    config = dp.FeatureConfig()
+    config = study.FeatureConfig()
     images = _random_images(2)
-    feats = dp.extract_features(images, config, progress=False)
+    feats = study.extract_features(images, config, progress=False)
     assert feats.shape == (2, config.dim()) == (2, 324 + 64)
-    np.testing.assert_array_equal(feats[:, :324], dp.hog_features(images, config, progress=False))
-    np.testing.assert_array_equal(feats[:, 324:], dp.color_histograms(images, 4))
+    np.testing.assert_array_equal(feats[:, :324], study.hog_features(images, config, progress=False))
+    np.testing.assert_array_equal(feats[:, 324:], study.color_histograms(images, 4))
 
 
-@pytest.mark.parametrize("bad, exc", [(torch.zeros(2, 3, 32, 32), ValueError), (torch.zeros(2, 1, 32, 32,
-                                      dtype=torch.uint8), ValueError), ([[0]], TypeError)])
+@pytest.mark.parametrize(
+    "bad, exc",
+    [
+        (torch.zeros(2, 3, 32, 32), ValueError),
+        (torch.zeros(2, 1, 32, 32, dtype=torch.uint8), ValueError),
+        ([[0]], TypeError),
+    ],
+)
 def test_features_reject_bad_images(bad, exc):
     with pytest.raises(exc, match="images"):
-        dp.extract_features(bad)
+        study.extract_features(bad)
 
 
 def test_feature_config_rejects_bad_values():
     with pytest.raises(ValueError, match="orientations"):
-        dp.FeatureConfig(orientations=0)
+        study.FeatureConfig(orientations=0)
     with pytest.raises(ValueError, match="color_bins"):
-        dp.FeatureConfig(color_bins=3)
+        study.FeatureConfig(color_bins=3)
     with pytest.raises(ValueError, match="too small"):
-        dp.FeatureConfig(pixels_per_cell=16, cells_per_block=3).hog_dim(32, 32)
+        study.FeatureConfig(pixels_per_cell=16, cells_per_block=3).hog_dim(32, 32)
 
 
 def test_operation_estimate_by_hand():
     # 3x16x16, 8-px cells: 2x2 cells, one 2x2 block of L = 4*9 = 36 values; 2 colour bins -> 8; D = 44
-    ops = dp.traditional_flops(dp.FeatureConfig(color_bins=2), (3, 16, 16), num_classes=10)
+    ops = study.traditional_flops(study.FeatureConfig(color_bins=2), (3, 16, 16), num_classes=10)
     p = 256
     assert ops["hog"] == 6 * p + 12 * p + 2 * p + 5 * p + 4 * 9 + (7 * 36 + 4)
     assert ops["color_histogram"] == (6 + 4 + 1) * p + 8
@@ -119,22 +132,22 @@ def test_linear_classifier_reproduces_sklearn(tmp_path):
     y = rng.integers(0, 3, 120)
     scaler = StandardScaler().fit(x)
     model = LogisticRegression(C=0.5, max_iter=1000).fit(scaler.transform(x), y)
-    ours = dp.LinearClassifier(scaler.mean_, scaler.scale_, model.coef_, model.intercept_, 0.5)
+    ours = study.LinearClassifier(scaler.mean_, scaler.scale_, model.coef_, model.intercept_, 0.5)
     np.testing.assert_allclose(ours.predict_proba(x), model.predict_proba(scaler.transform(x)), rtol=1e-9)
     ours.save(tmp_path / "clf.npz")
-    loaded = dp.LinearClassifier.load(tmp_path / "clf.npz")
+    loaded = study.LinearClassifier.load(tmp_path / "clf.npz")
     np.testing.assert_array_equal(loaded.coef, ours.coef)
     assert loaded.C == 0.5 and loaded.num_parameters == 3 * 7 + 3 + 7 + 7
 
 
 def test_classifier_learns_and_picks_best_validation_c(tmp_path):
     images, labels = _stripes(90)
-    clf = dp.TraditionalClassifier(Cs=(1e-4, 1.0), val_fraction=0.2, seed=0, progress=False)
+    clf = study.TraditionalClassifier(Cs=(1e-4, 1.0), val_fraction=0.2, seed=0, progress=False)
     clf.fit(images, labels)
     test_images, test_labels = _stripes(30, seed=1)
     assert (clf.predict(test_images) == test_labels.numpy()).mean() > 0.9
     trials = clf.validation[~clf.validation["final"]]
-    assert clf.classifier.C == trials.loc[trials["val_acc"].idxmax(), "C"]
+    assert trials.loc[trials["val_acc"].idxmax(), "C"] == clf.classifier.C
     assert clf.validation["final"].sum() == 1 and clf.train_seconds > 0
     proba = clf.predict_proba(test_images)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
@@ -142,30 +155,30 @@ def test_classifier_learns_and_picks_best_validation_c(tmp_path):
 
 def test_classifier_reuses_its_cache(tmp_path, monkeypatch):
     images, labels = _stripes(60)
-    first = dp.TraditionalClassifier(Cs=(0.1,), seed=0, cache_dir=tmp_path, progress=False).fit(images, labels)
+    first = study.TraditionalClassifier(Cs=(0.1,), seed=0, cache_dir=tmp_path, progress=False).fit(images, labels)
 
     def boom(*args, **kwargs):
         raise AssertionError("recomputed instead of read from the cache")
 
     monkeypatch.setattr(traditional, "extract_features", boom)
     monkeypatch.setattr(traditional, "_fit_logreg", boom)
-    second = dp.TraditionalClassifier(Cs=(0.1,), seed=0, cache_dir=tmp_path, progress=False).fit(images, labels)
+    second = study.TraditionalClassifier(Cs=(0.1,), seed=0, cache_dir=tmp_path, progress=False).fit(images, labels)
     np.testing.assert_array_equal(first.classifier.coef, second.classifier.coef)
     assert second.fit_seconds == pytest.approx(first.fit_seconds)
     assert second.feature_seconds == pytest.approx(first.feature_seconds)
     with pytest.raises(AssertionError, match="recomputed"):  # other data: not in the cache
-        dp.TraditionalClassifier(Cs=(0.1,), seed=0, cache_dir=tmp_path, progress=False).fit(images[:30], labels[:30])
+        study.TraditionalClassifier(Cs=(0.1,), seed=0, cache_dir=tmp_path, progress=False).fit(images[:30], labels[:30])
 
 
 def test_classifier_rejects_bad_settings():
     with pytest.raises(ValueError, match="Cs"):
-        dp.TraditionalClassifier(Cs=())
+        study.TraditionalClassifier(Cs=())
     with pytest.raises(ValueError, match="val_fraction"):
-        dp.TraditionalClassifier(val_fraction=1.0)
+        study.TraditionalClassifier(val_fraction=1.0)
     with pytest.raises(TypeError, match="config"):
-        dp.TraditionalClassifier(config={"orientations": 9})
+        study.TraditionalClassifier(config={"orientations": 9})
     with pytest.raises(RuntimeError, match="not fitted"):
-        dp.TraditionalClassifier().predict(_random_images(1))
+        study.TraditionalClassifier().predict(_random_images(1))
 
 
 def test_validation_split_keeps_every_class_on_both_sides():

@@ -13,20 +13,22 @@ import torch.nn.functional as F
 from torch import nn
 
 import dynprune_lib as dp
+from dynprune_lib import study
 from dynprune_lib.train import HISTORY_COLUMNS
 
-
-def _synthetic(n: int = 192, seed: int = 0):
-    """Small learnable data: the label is the brightest of three colour channels' quadrants."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = (images.float().mean(dim=(2, 3)).argmax(dim=1)).long()
-    return images, labels
+from conftest import synthetic_images
 
 
-def _run(seed: int = 0, epochs: int = 2, checkpoint=None, loss_fn=None, pruner_cls=None, n: int = 192,
-         precision: str = "fp32"):
-    images, labels = _synthetic(n)
+def _run(
+    seed: int = 0,
+    epochs: int = 2,
+    checkpoint=None,
+    loss_fn=None,
+    pruner_cls=None,
+    n: int = 192,
+    precision: str = "fp32",
+):
+    images, labels = synthetic_images(n)
     dp.set_seed(seed)
     model = dp.BaselineCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -34,8 +36,18 @@ def _run(seed: int = 0, epochs: int = 2, checkpoint=None, loss_fn=None, pruner_c
     test = dp.BatchLoader(images[:64], labels[:64], batch_size=64, shuffle=False, normalize="unit")
     pruner = pruner_cls(model) if pruner_cls else None
     history = dp.fit(
-        model, train, test, epochs=epochs, optimizer=optimizer, loss_fn=loss_fn, pruner=pruner,
-        device="cpu", checkpoint=checkpoint, progress=False, verbose=False, precision=precision,
+        model,
+        train,
+        test,
+        epochs=epochs,
+        optimizer=optimizer,
+        loss_fn=loss_fn,
+        pruner=pruner,
+        device="cpu",
+        checkpoint=checkpoint,
+        progress=False,
+        verbose=False,
+        precision=precision,
     )
     return history, model, pruner
 
@@ -111,7 +123,7 @@ def test_history_columns_and_values_are_sane():
 
 
 def test_evaluate_matches_a_direct_computation():
-    images, labels = _synthetic(100)
+    images, labels = synthetic_images(100)
     dp.set_seed(1)
     model = dp.BaselineCNN().eval()
     loader = dp.BatchLoader(images, labels, batch_size=30, shuffle=False, normalize="unit")
@@ -211,7 +223,7 @@ def test_nan_loss_stops_with_epoch_and_step():
 
 
 def test_bad_arguments_are_rejected():
-    images, labels = _synthetic(64)
+    images, labels = synthetic_images(64)
     model = dp.BaselineCNN()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = dp.BatchLoader(images, labels, batch_size=32)
@@ -238,20 +250,20 @@ def test_cuda_request_without_cuda_is_a_clear_error():
 def test_progress_switch(monkeypatch):
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("DYNPRUNE_PROGRESS", raising=False)
-    assert dp.progress_enabled() is True
+    assert dp.train.progress_enabled() is True
     monkeypatch.setenv("DYNPRUNE_PROGRESS", "0")
-    assert dp.progress_enabled() is False
+    assert dp.train.progress_enabled() is False
     monkeypatch.delenv("DYNPRUNE_PROGRESS")
     monkeypatch.setenv("CI", "true")
-    assert dp.progress_enabled() is False
-    assert dp.progress_enabled(True) is True
+    assert dp.train.progress_enabled() is False
+    assert dp.train.progress_enabled(True) is True
 
 
 def test_compare_with_paper_uses_our_history():
     history = pd.DataFrame(
         {"epoch": [1, 2, 3, 4], "test_acc": [0.4, 0.6, 0.65, 0.7], "test_loss": [1.5, 1.2, 1.1, 1.0]}
     )
-    table = dp.compare_with_paper("dynamic_cnn", history, conditions={"seed": 0})
+    table = study.compare_with_paper("dynamic_cnn", history, conditions={"seed": 0})
     got = dict(zip(table["metric"], table["ours"]))
     assert got["test_acc after epoch 1"] == 0.4
     assert got["test_acc after epoch 4"] == 0.7
@@ -259,26 +271,31 @@ def test_compare_with_paper_uses_our_history():
     row = table.set_index("metric").loc["final test_acc"]
     assert row["difference"] == pytest.approx(0.7 - row["paper"])
     assert (table["conditions"] == "seed=0").all()
-    short = dp.compare_with_paper("dynamic_cnn", history.iloc[:2])
+    short = study.compare_with_paper("dynamic_cnn", history.iloc[:2])
     assert math.isnan(dict(zip(short["metric"], short["ours"]))["test_acc after epoch 4"])
     with pytest.raises(ValueError, match="experiment"):
-        dp.compare_with_paper("nope", history)
+        study.compare_with_paper("nope", history)
 
 
 def test_figures_are_byte_identical_when_saved_twice(tmp_path):
     history = pd.DataFrame(
-        {"epoch": [1, 2], "train_acc": [0.3, 0.5], "test_acc": [0.25, 0.45],
-         "train_loss": [2.0, 1.5], "test_loss": [2.1, 1.7]}
+        {
+            "epoch": [1, 2],
+            "train_acc": [0.3, 0.5],
+            "test_acc": [0.25, 0.45],
+            "train_loss": [2.0, 1.5],
+            "test_loss": [2.1, 1.7],
+        }
     )
-    first = dp.save_figure(dp.plot_history(history, "loss"), "fig", tmp_path / "a")
-    second = dp.save_figure(dp.plot_history(history, "loss"), "fig", tmp_path / "b")
+    first = study.save_figure(study.plot_history(history, "loss"), "fig", tmp_path / "a")
+    second = study.save_figure(study.plot_history(history, "loss"), "fig", tmp_path / "b")
     assert [p.suffix for p in first] == [".png", ".svg"]
     for a, b in zip(first, second):
         assert a.read_bytes() == b.read_bytes(), a.name
     with pytest.raises(ValueError, match="metric"):
-        dp.plot_history(history, "f1")
+        study.plot_history(history, "f1")
     with pytest.raises(ValueError, match="lacks"):
-        dp.plot_history(history.drop(columns="test_acc"), "acc")
+        study.plot_history(history.drop(columns="test_acc"), "acc")
 
 
 class _DtypeProbe(nn.Module):
@@ -297,12 +314,21 @@ class _DtypeProbe(nn.Module):
 
 @pytest.mark.parametrize("precision, train_dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
 def test_precision_sets_the_training_forward_dtype_and_evaluation_stays_float32(precision, train_dtype):
-    images, labels = _synthetic(64)
+    images, labels = synthetic_images(64)
     model = _DtypeProbe()
     loader = dp.BatchLoader(images, labels, batch_size=32, normalize="unit")
     with _no_slow_bf16_warning():
-        history = dp.fit(model, loader, loader, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                         device="cpu", progress=False, verbose=False, precision=precision)
+        history = dp.fit(
+            model,
+            loader,
+            loader,
+            epochs=1,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            device="cpu",
+            progress=False,
+            verbose=False,
+            precision=precision,
+        )
     assert model.seen[True] == {train_dtype}
     assert model.seen[False] == {torch.float32}
     assert model.linear.weight.dtype == torch.float32  # master weights stay float32
@@ -314,47 +340,62 @@ def test_bf16_training_stays_close_to_float32():
     with _no_slow_bf16_warning():
         losses = {}
         for precision in ("fp32", "bf16"):
-            images, labels = _synthetic(128)
+            images, labels = synthetic_images(128)
             dp.set_seed(0)
             model = dp.BaselineCNN()
             loader = dp.BatchLoader(images, labels, batch_size=32, normalize="unit")
-            h = dp.fit(model, loader, loader, epochs=2, optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
-                       device="cpu", progress=False, verbose=False, precision=precision)
+            h = dp.fit(
+                model,
+                loader,
+                loader,
+                epochs=2,
+                optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
+                device="cpu",
+                progress=False,
+                verbose=False,
+                precision=precision,
+            )
             losses[precision] = h["train_loss"].to_numpy()
     assert not (losses["fp32"] == losses["bf16"]).all()  # autocast did change the arithmetic
     assert abs(losses["fp32"] - losses["bf16"]).max() < 0.05
 
 
 def test_unknown_precision_is_rejected():
-    images, labels = _synthetic(32)
+    images, labels = synthetic_images(32)
     model = dp.BaselineCNN()
     loader = dp.BatchLoader(images, labels, batch_size=32)
     with pytest.raises(ValueError, match="precision must be one of"):
-        dp.fit(model, loader, loader, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-               precision="fp16")
+        dp.fit(model, loader, loader, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), precision="fp16")
 
 
 def test_bf16_on_a_cpu_without_native_bfloat16_warns(monkeypatch):
-    monkeypatch.setattr(dp.train, "_cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(dp.train, "cpu_has_native_bf16", lambda: False)
     with pytest.warns(RuntimeWarning, match="slower than with precision='fp32'"):
-        dp.check_precision("bf16", "cpu")
-    monkeypatch.setattr(dp.train, "_cpu_has_native_bf16", lambda: True)
+        dp.train.check_precision("bf16", "cpu")
+    monkeypatch.setattr(dp.train, "cpu_has_native_bf16", lambda: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        dp.check_precision("bf16", "cpu")
-        dp.check_precision("fp32", "cpu")
+        dp.train.check_precision("bf16", "cpu")
+        dp.train.check_precision("fp32", "cpu")
 
 
 def test_checkpoint_of_another_precision_is_refused(tmp_path):
-    images, labels = _synthetic(64)
+    images, labels = synthetic_images(64)
     ckpt = tmp_path / "run.pt"
     with _no_slow_bf16_warning():
         for precision in ("fp32", "bf16"):
             dp.set_seed(0)
             model = dp.BaselineCNN()
             train = dp.BatchLoader(images, labels, batch_size=32, shuffle=True, seed=0)
-            kwargs = dict(epochs=1, optimizer=torch.optim.Adam(model.parameters()), device="cpu",
-                          checkpoint=ckpt, progress=False, verbose=False, precision=precision)
+            kwargs = dict(
+                epochs=1,
+                optimizer=torch.optim.Adam(model.parameters()),
+                device="cpu",
+                checkpoint=ckpt,
+                progress=False,
+                verbose=False,
+                precision=precision,
+            )
             if precision == "fp32":
                 dp.fit(model, train, train, **kwargs)
             else:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import dynprune_lib as dp
+from dynprune_lib import study
 
 
 @pytest.mark.parametrize("depth, k, published", [(28, 10, 36.5e6), (28, 2, 1.47e6), (16, 4, 2.75e6)])
@@ -21,8 +22,7 @@ def test_exact_parameter_count_by_hand():
     # stride changes, a 1x1 shortcut; final BN and a 64->10 classifier
     bn = lambda c: 2 * c  # noqa: E731
     block = lambda cin, cout: bn(cin) + 9 * cin * cout + bn(cout) + 9 * cout * cout  # noqa: E731
-    expected = (27 * 16 + block(16, 16) + block(16, 32) + 16 * 32 + block(32, 64) + 32 * 64
-                + bn(64) + 64 * 10 + 10)
+    expected = 27 * 16 + block(16, 16) + block(16, 32) + 16 * 32 + block(32, 64) + 32 * 64 + bn(64) + 64 * 10 + 10
     assert sum(p.numel() for p in dp.WideResNet(10, 1).parameters()) == expected
 
 
@@ -41,35 +41,46 @@ def test_sparse_switch_makes_only_block_3x3_convs_dynamic():
 
 
 def test_recipes_hold_the_published_protocols():
-    r = dp.wrn_recipe("wrn-28-2-dsr0.9")
+    r = study.wrn_recipe("wrn-28-2-dsr0.9")
     assert (r.depth, r.widen_factor, r.epochs, r.batch_size, r.milestones, r.lr, r.gamma) == (
-        28, 2, 200, 100, (60, 120, 160), 0.1, 0.2)
+        28,
+        2,
+        200,
+        100,
+        (60, 120, 160),
+        0.1,
+        0.2,
+    )
     assert r.nesterov and r.momentum == 0.9 and r.weight_decay == 5e-4 and r.sparsity == 0.9
-    assert (r.anchor, dp.wrn_recipe("wrn-28-2").anchor, dp.wrn_recipe("wrn-28-10").anchor) == (0.9359, 0.9470, 0.9583)
+    assert (r.anchor, study.wrn_recipe("wrn-28-2").anchor, study.wrn_recipe("wrn-28-10").anchor) == (
+        0.9359,
+        0.9470,
+        0.9583,
+    )
 
 
 def test_scaling_keeps_milestones_at_the_same_share_of_training():
-    r = dp.wrn_recipe("wrn-28-2-dsr0.9", epochs=20)
+    r = study.wrn_recipe("wrn-28-2-dsr0.9", epochs=20)
     assert r.epochs == 20 and r.milestones == (6, 12, 16)
     assert r.dsr["period"] == {0: 100, 2: 200, 8: 400, 14: 800, 19: 0}
-    assert dp.wrn_recipe("wrn-28-2", epochs=3).milestones == (1, 2)
+    assert study.wrn_recipe("wrn-28-2", epochs=3).milestones == (1, 2)
     with pytest.raises(ValueError, match="recipe"):
-        dp.wrn_recipe("wrn-99-9")
+        study.wrn_recipe("wrn-99-9")
     with pytest.raises(TypeError, match="unknown"):
-        dp.wrn_recipe("wrn-28-2", width=3)
+        study.wrn_recipe("wrn-28-2", width=3)
     with pytest.raises(ValueError, match="dsr"):
-        dp.WRNRecipe("x", 10, 1, 1, 8, (), dsr={"period": 4})
+        study.WRNRecipe("x", 10, 1, 1, 8, (), dsr={"period": 4})
     with pytest.raises(ValueError, match="precision"):
-        dp.WRNRecipe("x", 10, 1, 1, 8, (), precision="half")
-    assert dp.wrn_recipe("wrn-10-2-cpu", epochs=3).precision == "bf16"  # scaling keeps it
+        study.WRNRecipe("x", 10, 1, 1, 8, (), precision="half")
+    assert study.wrn_recipe("wrn-10-2-cpu", epochs=3).precision == "bf16"  # scaling keeps it
 
 
 def test_build_training_is_seeded_and_adds_dsr_to_sparse_recipes():
-    recipe = dp.wrn_recipe("wrn-10-1-dsr-smoke")
-    a, b = dp.build_training(recipe, seed=3), dp.build_training(recipe, seed=3)
+    recipe = study.wrn_recipe("wrn-10-1-dsr-smoke")
+    a, b = study.build_training(recipe, seed=3), study.build_training(recipe, seed=3)
     for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()):
         assert torch.equal(x, y)
     assert isinstance(a.pruner, dp.DSR) and a.pruner.optimizer is a.optimizer
     group = a.optimizer.param_groups[0]
     assert group["nesterov"] and group["weight_decay"] == 5e-4 and group["lr"] == 0.1
-    assert dp.build_training(dp.wrn_recipe("wrn-10-1-smoke")).pruner is None
+    assert study.build_training(study.wrn_recipe("wrn-10-1-smoke")).pruner is None

@@ -113,9 +113,7 @@ _ASPECTS = ("complexity", "generalization", "data_requirements", "interpretabili
 _ASPECT_LABELS = ("Model\ncomplexity", "Generalization", "Data\nrequirements", "Interpretability")
 
 
-def plot_aspect_scores(
-    scores: pd.DataFrame, table: pd.DataFrame | None = None, *, title: str | None = None
-) -> Figure:
+def plot_aspect_scores(scores: pd.DataFrame, table: pd.DataFrame | None = None, *, title: str | None = None) -> Figure:
     """The paper's Figure 6 from measurements: grouped bars of the four aspect scores
     per method (mean over seeds, with their range when there are several), and
     ``table`` (raw measures, one row per measure, one column per method) beside it.
@@ -131,8 +129,9 @@ def plot_aspect_scores(
     if table is None:
         fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
     else:
-        fig, (ax, tax) = plt.subplots(1, 2, figsize=(14.0, 4.8), layout="constrained",
-                                      gridspec_kw={"width_ratios": [1.0, 1.1]})
+        fig, (ax, tax) = plt.subplots(
+            1, 2, figsize=(14.0, 4.8), layout="constrained", gridspec_kw={"width_ratios": [1.0, 1.1]}
+        )
     width = 0.8 / max(len(methods), 1)
     x = np.arange(len(_ASPECTS))
     for i, method in enumerate(methods):
@@ -140,8 +139,14 @@ def plot_aspect_scores(
         values = mean.loc[method].to_numpy(dtype=float)
         err = np.vstack([values - low.loc[method].to_numpy(float), high.loc[method].to_numpy(float) - values])
         shown = ~np.isnan(values)
-        ax.bar(pos[shown], values[shown], width, label=method,
-               yerr=err[:, shown] if len(scores) > len(methods) else None, capsize=3)
+        ax.bar(
+            pos[shown],
+            values[shown],
+            width,
+            label=method,
+            yerr=err[:, shown] if len(scores) > len(methods) else None,
+            capsize=3,
+        )
         for p, v, ok in zip(pos, values, shown):
             ax.text(p, (v if ok else 0) + 0.015, f"{v:.2f}" if ok else "n/m", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, _ASPECT_LABELS)
@@ -155,8 +160,9 @@ def plot_aspect_scores(
         tax.axis("off")
         cells = [[str(v) for v in row] for row in table.to_numpy()]
         headers = [textwrap.fill(str(c), 18) for c in table.columns]
-        tab = tax.table(cellText=cells, rowLabels=[str(i) for i in table.index], colLabels=headers,
-                        loc="center", cellLoc="right")
+        tab = tax.table(
+            cellText=cells, rowLabels=[str(i) for i in table.index], colLabels=headers, loc="center", cellLoc="right"
+        )
         tab.auto_set_font_size(False)
         tab.set_fontsize(7.5)
         tab.scale(1.0, 1.3)
@@ -176,8 +182,7 @@ def plot_learning_curves(
     for name, curve in curves.items():
         (line,) = ax.plot(curve["fraction"] * 100, curve["test_acc"], marker="o", label=name)
         if share is not None:
-            ax.axhline(share * float(curve["test_acc"].iloc[-1]), color=line.get_color(), linestyle=":",
-                       linewidth=1)
+            ax.axhline(share * float(curve["test_acc"].iloc[-1]), color=line.get_color(), linestyle=":", linewidth=1)
     ax.set_xscale("log")
     ax.set_xlabel("training data used (%)")
     ax.set_ylabel("test accuracy")
@@ -234,9 +239,15 @@ def plot_dynamic_pruning_process(*, title: str | None = None) -> Figure:
     box_w, box_h = 2.3, 1.1
 
     def box(cx: float, cy: float, head: str, body: str, color: str) -> FancyBboxPatch:
-        patch = FancyBboxPatch((cx - box_w / 2, cy - box_h / 2), box_w, box_h,
-                               boxstyle="round,pad=0.05,rounding_size=0.12", facecolor=color,
-                               edgecolor="0.25", linewidth=1.2)
+        patch = FancyBboxPatch(
+            (cx - box_w / 2, cy - box_h / 2),
+            box_w,
+            box_h,
+            boxstyle="round,pad=0.05,rounding_size=0.12",
+            facecolor=color,
+            edgecolor="0.25",
+            linewidth=1.2,
+        )
         ax.add_patch(patch)
         ax.text(cx, cy + box_h / 2 - 0.2, head, ha="center", va="center", fontsize=10, fontweight="bold")
         ax.text(cx, cy - 0.13, body, ha="center", va="center", fontsize=7.6, linespacing=1.25)
@@ -246,9 +257,19 @@ def plot_dynamic_pruning_process(*, title: str | None = None) -> Figure:
         return patch.get_x() + box_w / 2, patch.get_y() + box_h / 2
 
     def arrow(a: FancyBboxPatch, b: FancyBboxPatch, rad: float = 0.0) -> FancyArrowPatch:
-        link = FancyArrowPatch(centre_of(a), centre_of(b), patchA=a, patchB=b, arrowstyle="-|>",
-                               mutation_scale=16, linewidth=1.4, color="0.2",
-                               connectionstyle=f"arc3,rad={rad}", shrinkA=3, shrinkB=3)
+        link = FancyArrowPatch(
+            centre_of(a),
+            centre_of(b),
+            patchA=a,
+            patchB=b,
+            arrowstyle="-|>",
+            mutation_scale=16,
+            linewidth=1.4,
+            color="0.2",
+            connectionstyle=f"arc3,rad={rad}",
+            shrinkA=3,
+            shrinkB=3,
+        )
         ax.add_patch(link)
         return link
 
@@ -261,11 +282,19 @@ def plot_dynamic_pruning_process(*, title: str | None = None) -> Figure:
         steps.append(box(cx0 + rx * np.cos(angle), cy0 + ry * np.sin(angle), head, body, color))
     for a, b in zip(steps, steps[1:] + steps[:1]):
         arrow(a, b, rad=-0.15)
-    ax.text(cx0, cy0, "repeat every P steps\nuntil the last epoch\n(number of live weights\nstays constant)",
-            ha="center", va="center", fontsize=9, color="0.3")
+    ax.text(
+        cx0,
+        cy0,
+        "repeat every P steps\nuntil the last epoch\n(number of live weights\nstays constant)",
+        ha="center",
+        va="center",
+        fontsize=9,
+        color="0.3",
+    )
     start = box(1.3, 5.6, "Initialise", "sparse layers with a\nrandom mask M at\nsparsity s; threshold H", "#e3f1de")
-    export = box(9.6, 5.6, "Export", "pruned weights as CSR\n(save_sparse); sparsity\nadjustable at inference",
-                 "#e3f1de")
+    export = box(
+        9.6, 5.6, "Export", "pruned weights as CSR\n(save_sparse); sparsity\nadjustable at inference", "#e3f1de"
+    )
     arrow(start, steps[0])
     arrow(steps[0], export)
     ax.text(7.85, 5.72, "after the\nlast epoch", ha="center", va="bottom", fontsize=8, style="italic")
@@ -331,14 +360,16 @@ def plot_method_comparison(
         frames.append(baseline[["epoch", "test_acc"]].assign(method="baseline", seed=0))
     data = pd.concat(frames, ignore_index=True)
     labels = dict(labels or {})
-    fig, (ax_c, ax_b) = plt.subplots(1, 2, figsize=(12.0, 4.6), layout="constrained",
-                                     gridspec_kw={"width_ratios": [1.3, 1.0]})
+    fig, (ax_c, ax_b) = plt.subplots(
+        1, 2, figsize=(12.0, 4.6), layout="constrained", gridspec_kw={"width_ratios": [1.3, 1.0]}
+    )
     finals = []
     for method, part in data.groupby("method", sort=False):
         stats = part.groupby("epoch")["test_acc"].agg(["mean", "min", "max"])
         style = {"linestyle": "--", "color": "0.4"} if method == "baseline" else {}
-        (line,) = ax_c.plot(stats.index, stats["mean"], marker="o", markersize=3, label=labels.get(method, method),
-                            **style)
+        (line,) = ax_c.plot(
+            stats.index, stats["mean"], marker="o", markersize=3, label=labels.get(method, method), **style
+        )
         if part["seed"].nunique() > 1:
             ax_c.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.2)
         last = part[part["epoch"] == part.groupby("seed")["epoch"].transform("max")]["test_acc"]
@@ -413,15 +444,25 @@ def plot_accuracy_vs_sparsity(
         raise ValueError(f"runs has no rows of method {method!r}")
     fig, ax = plt.subplots(figsize=(7.0, 4.4), layout="constrained")
     stats = retrained.groupby("sparsity_target")["final_test_acc"].agg(["mean", "min", "max"]).sort_index()
-    ax.errorbar(1.0 - stats.index.to_numpy(), stats["mean"],
-                yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-                marker="o", capsize=3, label=f"retrained at each sparsity ({method})")
+    ax.errorbar(
+        1.0 - stats.index.to_numpy(),
+        stats["mean"],
+        yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+        marker="o",
+        capsize=3,
+        label=f"retrained at each sparsity ({method})",
+    )
     targets = list(stats.index)
     if inference is not None:
         for source, part in inference.groupby("source", sort=False):
             part = part.drop_duplicates("sparsity_target").sort_values("sparsity_target")
-            ax.plot(1.0 - part["sparsity_target"].to_numpy(), part["test_acc"], marker="s", linestyle="--",
-                    label=f"{source}: sparsity raised at inference")
+            ax.plot(
+                1.0 - part["sparsity_target"].to_numpy(),
+                part["test_acc"],
+                marker="s",
+                linestyle="--",
+                label=f"{source}: sparsity raised at inference",
+            )
             targets += list(part["sparsity_target"])
     dense = runs.loc[runs["method"] == "dense", "final_test_acc"]
     if len(dense):
@@ -509,6 +550,7 @@ def plot_accuracy_vs_sparsity_by_method(table: pd.DataFrame, *, title: str | Non
 
     ``table`` is :func:`dynprune_lib.analysis.accuracy_sparsity_table`.
     """
+
     def draw(ax: plt.Axes, part: pd.DataFrame) -> None:
         for method, rows in part.groupby("method", sort=False):
             rows = rows.sort_values("sparsity")
@@ -525,6 +567,7 @@ def plot_storage_vs_sparsity(table: pd.DataFrame, *, title: str | None = None) -
 
     ``table`` is :func:`dynprune_lib.analysis.storage_sparsity_table`.
     """
+
     def draw(ax: plt.Axes, part: pd.DataFrame) -> None:
         for fmt, rows in part.groupby("format", sort=False):
             rows = rows.groupby("sparsity", as_index=False)["bytes"].mean().sort_values("sparsity")
@@ -540,8 +583,14 @@ def plot_training_time(table: pd.DataFrame, *, title: str | None = None) -> Figu
     """
     groups = _by_model(table, {"model", "method", "minutes"}, "table")
     heights = [max(1.6, 0.32 * len(part) + 0.8) for _, part in groups]
-    fig, axes = plt.subplots(len(groups), 1, figsize=(8.0, sum(heights)), layout="constrained", squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
+    fig, axes = plt.subplots(
+        len(groups),
+        1,
+        figsize=(8.0, sum(heights)),
+        layout="constrained",
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )
     for ax, (model, part) in zip(axes[:, 0], groups):
         y = np.arange(len(part))
         ax.barh(y, part["minutes"], color="tab:blue")

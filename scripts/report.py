@@ -7,7 +7,9 @@ SVG as a download link, both as data URIs so the page is self-contained) and
 every table of ``results/`` (CSV as HTML tables, JSON as text). A reader can
 then check any figure or number without running anything.
 
-Run as ``python -m dynprune_lib.report OUT.html NOTEBOOK... --figures DIR --results DIR``.
+Run as ``python scripts/report.py OUT.html NOTEBOOK... --figures DIR --results DIR``. It
+lives beside the notebook driver, not in the library: nbconvert is a
+dependency of the notebooks, not of ``dynprune_lib``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+
+from dynprune_lib._utils import atomic_write
 
 __all__ = ["build_report", "figure_files", "table_files"]
 
@@ -122,9 +126,8 @@ def build_report(
             notebook = nbformat.read(path, as_version=4)
         except Exception as error:  # nbformat raises several types for a damaged file
             raise ValueError(f"{path} is not a readable notebook: {error}") from None
-        merged.cells.append(_html_cell(
-            f'<hr><p id="notebook-{html.escape(path.stem)}"><small>from <code>{html.escape(path.name)}</code></small></p>'
-        ))
+        source = f"<small>from <code>{html.escape(path.name)}</code></small>"
+        merged.cells.append(_html_cell(f'<hr><p id="notebook-{html.escape(path.stem)}">{source}</p>'))
         merged.cells.extend(notebook.cells)
         for key in ("kernelspec", "language_info"):
             if key in notebook.metadata:
@@ -141,15 +144,12 @@ def build_report(
     config.TagRemovePreprocessor.remove_input_tags = {_HIDE_INPUT}
     exporter = HTMLExporter(config=config, template_name="lab", exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(merged, resources={"metadata": {"name": title}})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(body, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write(out, body)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dynprune_lib.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python scripts/report.py", description=__doc__.splitlines()[0])
     parser.add_argument("out", help="the HTML file to write")
     parser.add_argument("notebooks", nargs="+", help="executed notebooks, in order")
     parser.add_argument("--figures", required=True, help="the figures folder")

@@ -19,57 +19,25 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
-from pathlib import Path
 
 import pandas as pd
 
 from .comparison import TRADITIONAL_NAME
+from .results import RESULT_FILES, read_result
 
 __all__ = [
     "KEEPS_ACCURACY_PT",
-    "RESULT_FILES",
     "accuracy_sparsity_table",
     "claims_table",
     "latency_sparsity_table",
     "paper_vs_ours",
     "paper_vs_ours_markdown",
-    "read_result",
     "storage_sparsity_table",
     "training_time_table",
 ]
 
-#: Every results file the analysis reads, and the notebook that writes it.
-RESULT_FILES: Mapping[str, str] = {
-    "baseline_vs_paper.csv": "01_baseline_cnn",
-    "baseline.csv": "01_baseline_cnn",
-    "dynamic_cnn_vs_paper.csv": "02_dynamic_cnn",
-    "dynamic_cnn_methods.csv": "02_dynamic_cnn",
-    "dynamic_cnn_histories.csv": "02_dynamic_cnn",
-    "dynamic_cnn_storage.csv": "02_dynamic_cnn",
-    "dynamic_cnn_latency.csv": "02_dynamic_cnn",
-    "dynamic_mlp_runs.csv": "03_dynamic_mlp",
-    "dynamic_mlp_storage.csv": "03_dynamic_mlp",
-    "dynamic_mlp_latency.csv": "03_dynamic_mlp",
-    "dynamic_mlp_sparsity_claim.csv": "03_dynamic_mlp",
-    "fig6_aspects.csv": "04_wide_resnet_vs_traditional",
-    "fig6_paper_claims.csv": "04_wide_resnet_vs_traditional",
-    "wrn_vs_published.csv": "04_wide_resnet_vs_traditional",
-}
-
 #: "Keeps accuracy" means at most this many percentage points below the dense model.
 KEEPS_ACCURACY_PT = 1.0
-
-
-def read_result(results_dir: str | os.PathLike[str], name: str) -> pd.DataFrame:
-    """``results_dir/name`` as a table; a missing file raises ``FileNotFoundError`` naming its notebook."""
-    path = Path(results_dir) / name
-    if not path.is_file():
-        notebook = RESULT_FILES.get(name, "the notebook that writes it")
-        number = notebook[:2] if notebook[:2].isdigit() else "NN"
-        raise FileNotFoundError(f"{path} not found: it is written by notebooks/{notebook}.ipynb "
-                                f"(./run_all.sh --only {number})")
-    return pd.read_csv(path)
 
 
 # --------------------------------------------------------------------------- paper vs ours
@@ -85,31 +53,39 @@ def paper_vs_ours(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
     method) in ``ours`` and whether they agree in ``agrees``.
     """
     frames = []
-    baseline = read_result(results_dir, "baseline_vs_paper.csv")
-    cnn = read_result(results_dir, "dynamic_cnn_vs_paper.csv")
+    baseline = read_result(results_dir, "baseline_vs_paper")
+    cnn = read_result(results_dir, "dynamic_cnn_vs_paper")
     # the DSR CNN's training precision (notebook 02's profile) belongs to its conditions
-    dsr = read_result(results_dir, "dynamic_cnn_methods.csv").set_index("method").loc["dsr"]
+    dsr = read_result(results_dir, "dynamic_cnn_methods").set_index("method").loc["dsr"]
     cnn["conditions"] = cnn["conditions"] + f"; precision={dsr['precision']}"
-    for name, table in (("baseline_vs_paper.csv", baseline), ("dynamic_cnn_vs_paper.csv", cnn)):
-        frames.append(table.assign(paper_claim="", agrees="", source=name))
-    claims = read_result(results_dir, "fig6_paper_claims.csv")
-    aspects = read_result(results_dir, "fig6_aspects.csv")
-    published = read_result(results_dir, "wrn_vs_published.csv")
-    conditions = (f"profile={';'.join(sorted(aspects['profile'].astype(str).unique()))}; "
-                  f"networks={', '.join(published['recipe'].unique())}; "
-                  f"epochs={', '.join(map(str, sorted(published['epochs'].unique())))}; "
-                  f"seeds={', '.join(map(str, sorted(aspects['seed'].unique())))}")
-    frames.append(pd.DataFrame({
-        "experiment": "wrn_vs_traditional",
-        "metric": [f"Figure 6 {a} score: {n} - traditional" for a, n in zip(claims["aspect"], claims["network"])],
-        "paper": math.nan,
-        "ours": claims["network - traditional"],
-        "difference": math.nan,
-        "conditions": conditions,
-        "paper_claim": [f"higher for {side}" for side in claims["paper: higher for"]],
-        "agrees": claims["measurement agrees"],
-        "source": "fig6_paper_claims.csv",
-    }))
+    for key, table in (("baseline_vs_paper", baseline), ("dynamic_cnn_vs_paper", cnn)):
+        frames.append(table.assign(paper_claim="", agrees="", source=RESULT_FILES[key].name))
+    claims = read_result(results_dir, "fig6_paper_claims")
+    aspects = read_result(results_dir, "fig6_aspects")
+    published = read_result(results_dir, "wrn_vs_published")
+    conditions = (
+        f"profile={';'.join(sorted(aspects['profile'].astype(str).unique()))}; "
+        f"networks={', '.join(published['recipe'].unique())}; "
+        f"epochs={', '.join(map(str, sorted(published['epochs'].unique())))}; "
+        f"seeds={', '.join(map(str, sorted(aspects['seed'].unique())))}"
+    )
+    frames.append(
+        pd.DataFrame(
+            {
+                "experiment": "wrn_vs_traditional",
+                "metric": [
+                    f"Figure 6 {a} score: {n} - traditional" for a, n in zip(claims["aspect"], claims["network"])
+                ],
+                "paper": math.nan,
+                "ours": claims["network - traditional"],
+                "difference": math.nan,
+                "conditions": conditions,
+                "paper_claim": [f"higher for {side}" for side in claims["paper: higher for"]],
+                "agrees": claims["measurement agrees"],
+                "source": RESULT_FILES["fig6_paper_claims"].name,
+            }
+        )
+    )
     columns = ["experiment", "metric", "paper", "paper_claim", "ours", "difference", "agrees", "conditions", "source"]
     return pd.concat(frames, ignore_index=True)[columns]
 
@@ -124,16 +100,22 @@ def _fmt(metric: str, value: float, *, diff: bool = False) -> str:
 
 def paper_vs_ours_markdown(table: pd.DataFrame) -> str:
     """:func:`paper_vs_ours` as a Markdown table: accuracies in %, differences in points."""
-    rows = pd.DataFrame({
-        "experiment": table["experiment"],
-        "metric": table["metric"],
-        "paper": [c if isinstance(c, str) and c else _fmt(m, v)
-                  for m, v, c in zip(table["metric"], table["paper"], table["paper_claim"])],
-        "ours": [_fmt(m, v) for m, v in zip(table["metric"], table["ours"])],
-        "difference": [a if isinstance(a, str) and a else _fmt(m, v, diff=True)
-                       for m, v, a in zip(table["metric"], table["difference"], table["agrees"])],
-        "conditions": table["conditions"],
-    })
+    rows = pd.DataFrame(
+        {
+            "experiment": table["experiment"],
+            "metric": table["metric"],
+            "paper": [
+                c if isinstance(c, str) and c else _fmt(m, v)
+                for m, v, c in zip(table["metric"], table["paper"], table["paper_claim"])
+            ],
+            "ours": [_fmt(m, v) for m, v in zip(table["metric"], table["ours"])],
+            "difference": [
+                a if isinstance(a, str) and a else _fmt(m, v, diff=True)
+                for m, v, a in zip(table["metric"], table["difference"], table["agrees"])
+            ],
+            "conditions": table["conditions"],
+        }
+    )
     rows["difference"] = rows["difference"].replace({"yes": "agrees", "no": "disagrees", "n/m": "not measured"})
     return rows.to_markdown(index=False)
 
@@ -148,14 +130,20 @@ def accuracy_sparsity_table(results_dir: str | os.PathLike[str]) -> pd.DataFrame
     notebook 02 (``sparsity`` = convolution weights) and the MLP of notebook 03
     (linear weights); dense models have sparsity 0.
     """
-    cnn = read_result(results_dir, "dynamic_cnn_methods.csv")
+    cnn = read_result(results_dir, "dynamic_cnn_methods")
     cnn = cnn[cnn["method"] != "baseline"]
-    mlp = read_result(results_dir, "dynamic_mlp_runs.csv")
-    mlp = (mlp.groupby(["method", "sparsity_target"], dropna=False, sort=False)
-           .agg(final_test_acc=("final_test_acc", "mean"), final_test_acc_min=("final_test_acc", "min"),
-                final_test_acc_max=("final_test_acc", "max"), sparsity=("linear_sparsity", "mean"),
-                seeds=("seed", "size"))
-           .reset_index())
+    mlp = read_result(results_dir, "dynamic_mlp_runs")
+    mlp = (
+        mlp.groupby(["method", "sparsity_target"], dropna=False, sort=False)
+        .agg(
+            final_test_acc=("final_test_acc", "mean"),
+            final_test_acc_min=("final_test_acc", "min"),
+            final_test_acc_max=("final_test_acc", "max"),
+            sparsity=("linear_sparsity", "mean"),
+            seeds=("seed", "size"),
+        )
+        .reset_index()
+    )
     cnn = cnn.assign(model="CNN (notebook 02)", sparsity=cnn["conv_sparsity"])
     mlp = mlp.assign(model="MLP (notebook 03)")
     columns = ["model", "method", "sparsity", "final_test_acc", "final_test_acc_min", "final_test_acc_max", "seeds"]
@@ -168,11 +156,12 @@ def storage_sparsity_table(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
     From ``dynamic_mlp_storage.csv`` (every MLP run of notebook 03) and
     ``dynamic_cnn_storage.csv`` (the DSR CNN of notebook 02).
     """
-    mlp = read_result(results_dir, "dynamic_mlp_storage.csv").assign(model="MLP (notebook 03)")
-    cnn = read_result(results_dir, "dynamic_cnn_storage.csv")
-    methods = read_result(results_dir, "dynamic_cnn_methods.csv").set_index("method")
-    cnn = cnn.assign(model="CNN (notebook 02)", method="dsr", seed=-1,
-                     sparsity=float(methods.loc["dsr", "conv_sparsity"]))
+    mlp = read_result(results_dir, "dynamic_mlp_storage").assign(model="MLP (notebook 03)")
+    cnn = read_result(results_dir, "dynamic_cnn_storage")
+    methods = read_result(results_dir, "dynamic_cnn_methods").set_index("method")
+    cnn = cnn.assign(
+        model="CNN (notebook 02)", method="dsr", seed=-1, sparsity=float(methods.loc["dsr", "conv_sparsity"])
+    )
     columns = ["model", "method", "sparsity", "format", "bytes", "ratio_to_dense"]
     return pd.concat([cnn[columns], mlp[columns]], ignore_index=True)
 
@@ -182,12 +171,11 @@ def latency_sparsity_table(
 ) -> pd.DataFrame:
     """Dense vs CSR forward time of the trained models of ``methods`` against their sparsity,
     per batch size: every MLP run of notebook 03 and the DSR CNN of notebook 02."""
-    mlp = read_result(results_dir, "dynamic_mlp_latency.csv").assign(model="MLP (notebook 03)")
+    mlp = read_result(results_dir, "dynamic_mlp_latency").assign(model="MLP (notebook 03)")
     mlp = mlp[mlp["method"].isin(methods)]
-    cnn = read_result(results_dir, "dynamic_cnn_latency.csv")
-    methods = read_result(results_dir, "dynamic_cnn_methods.csv").set_index("method")
-    cnn = cnn.assign(model="CNN (notebook 02)", method="dsr",
-                     sparsity=float(methods.loc["dsr", "conv_sparsity"]))
+    cnn = read_result(results_dir, "dynamic_cnn_latency")
+    methods = read_result(results_dir, "dynamic_cnn_methods").set_index("method")
+    cnn = cnn.assign(model="CNN (notebook 02)", method="dsr", sparsity=float(methods.loc["dsr", "conv_sparsity"]))
     columns = ["model", "method", "sparsity", "batch", "dense_ms", "csr_ms", "speedup", "threads", "device"]
     return pd.concat([cnn[columns], mlp[columns]], ignore_index=True)
 
@@ -200,23 +188,42 @@ def training_time_table(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
     method of notebook 04 (its feature extraction and classifier search).
     """
     rows = []
-    cnn = read_result(results_dir, "dynamic_cnn_methods.csv")
+    cnn = read_result(results_dir, "dynamic_cnn_methods")
     for r in cnn.itertuples():
-        rows.append({"model": "CNN (notebook 02)", "method": r.method, "minutes": r.train_minutes,
-                     "seconds_per_epoch": r.seconds_per_epoch, "epochs": r.epochs})
-    mlp = read_result(results_dir, "dynamic_mlp_runs.csv")
+        rows.append(
+            {
+                "model": "CNN (notebook 02)",
+                "method": r.method,
+                "minutes": r.train_minutes,
+                "seconds_per_epoch": r.seconds_per_epoch,
+                "epochs": r.epochs,
+            }
+        )
+    mlp = read_result(results_dir, "dynamic_mlp_runs")
     for (method, target), part in mlp.groupby(["method", "sparsity_target"], dropna=False, sort=False):
-        rows.append({"model": "MLP (notebook 03)", "method": method if pd.isna(target) else f"{method} {target:g}",
-                     "minutes": part["train_minutes"].mean(), "seconds_per_epoch": part["seconds_per_epoch"].mean(),
-                     "epochs": int(part["epochs"].iloc[0])})
-    aspects = read_result(results_dir, "fig6_aspects.csv")
-    published = read_result(results_dir, "wrn_vs_published.csv").groupby("method")["epochs"].first()
+        rows.append(
+            {
+                "model": "MLP (notebook 03)",
+                "method": method if pd.isna(target) else f"{method} {target:g}",
+                "minutes": part["train_minutes"].mean(),
+                "seconds_per_epoch": part["seconds_per_epoch"].mean(),
+                "epochs": int(part["epochs"].iloc[0]),
+            }
+        )
+    aspects = read_result(results_dir, "fig6_aspects")
+    published = read_result(results_dir, "wrn_vs_published").groupby("method")["epochs"].first()
     for method, part in aspects.groupby("method", sort=False):
         epochs = published.get(method, math.nan)
         minutes = part["train_seconds"].mean() / 60
-        rows.append({"model": "WRN vs traditional (notebook 04)", "method": method, "minutes": minutes,
-                     "seconds_per_epoch": 60 * minutes / epochs if epochs == epochs else math.nan,
-                     "epochs": epochs})
+        rows.append(
+            {
+                "model": "WRN vs traditional (notebook 04)",
+                "method": method,
+                "minutes": minutes,
+                "seconds_per_epoch": 60 * minutes / epochs if epochs == epochs else math.nan,
+                "epochs": epochs,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -236,12 +243,12 @@ def claims_table(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
     of a point are within seed-to-seed noise (the table says how many seeds).
     """
     keep = KEEPS_ACCURACY_PT / 100
-    cnn = read_result(results_dir, "dynamic_cnn_methods.csv").set_index("method")
-    paper_rows = read_result(results_dir, "dynamic_cnn_vs_paper.csv").set_index("metric")
-    storage = read_result(results_dir, "dynamic_cnn_storage.csv")
-    latency = read_result(results_dir, "dynamic_cnn_latency.csv")
-    claim = read_result(results_dir, "dynamic_mlp_sparsity_claim.csv")
-    figure6 = read_result(results_dir, "fig6_paper_claims.csv")
+    cnn = read_result(results_dir, "dynamic_cnn_methods").set_index("method")
+    paper_rows = read_result(results_dir, "dynamic_cnn_vs_paper").set_index("metric")
+    storage = read_result(results_dir, "dynamic_cnn_storage")
+    latency = read_result(results_dir, "dynamic_cnn_latency")
+    claim = read_result(results_dir, "dynamic_mlp_sparsity_claim")
+    figure6 = read_result(results_dir, "fig6_paper_claims")
     dsr, dense = cnn.loc["dsr"], cnn.loc["dense"]
     seeds = f"{int(dsr['seeds'])} seed(s)"
     rows = []
@@ -251,51 +258,88 @@ def claims_table(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
 
     final, reported = (float(paper_rows.loc["final test_acc", c]) for c in ("ours", "paper"))
     epochs = int(dsr["epochs"])
-    add(f"a DynamicConv2d CNN trained with DSR reaches the reported {reported:.2%} after {epochs} "
+    add(
+        f"a DynamicConv2d CNN trained with DSR reaches the reported {reported:.2%} after {epochs} "
         f"epoch{'s' * (epochs != 1)}",
         f"our final test accuracy minus the paper's, DSR CNN at {dsr['conv_sparsity']:.1%} conv sparsity, {seeds}",
-        final - reported, final >= reported, "accuracy")
-    add("dynamic pruning keeps or improves accuracy",
+        final - reported,
+        final >= reported,
+        "accuracy",
+    )
+    add(
+        "dynamic pruning keeps or improves accuracy",
         f"DSR minus dense final test accuracy, same CNN and budget, {seeds} (kept: >= -{KEEPS_ACCURACY_PT:g} pt)",
-        dsr["final_test_acc"] - dense["final_test_acc"], dsr["final_test_acc"] - dense["final_test_acc"] >= -keep,
-        "accuracy")
+        dsr["final_test_acc"] - dense["final_test_acc"],
+        dsr["final_test_acc"] - dense["final_test_acc"] >= -keep,
+        "accuracy",
+    )
     for other in ("magnitude_oneshot", "magnitude_gradual"):
         if other in cnn.index:
             diff = dsr["final_test_acc"] - cnn.loc[other, "final_test_acc"]
-            add("pruning during training beats traditional pruning after training",
-                f"DSR minus {other} final test accuracy at the same sparsity and epochs, {seeds}", diff, diff > 0,
-                "accuracy")
+            add(
+                "pruning during training beats traditional pruning after training",
+                f"DSR minus {other} final test accuracy at the same sparsity and epochs, {seeds}",
+                diff,
+                diff > 0,
+                "accuracy",
+            )
     for other in ("set", "rigl"):
         if other in cnn.index:
             diff = dsr["final_test_acc"] - cnn.loc[other, "final_test_acc"]
-            add("(beyond the paper) DSR against other dynamic sparse training",
-                f"DSR minus {other} final test accuracy, same sparsity and epochs, {seeds}", diff, None, "accuracy")
+            add(
+                "(beyond the paper) DSR against other dynamic sparse training",
+                f"DSR minus {other} final test accuracy, same sparsity and epochs, {seeds}",
+                diff,
+                None,
+                "accuracy",
+            )
     overfit = dsr["final_train_acc"] - dsr["final_test_acc"]
-    add("the dynamic-pruning CNN overfits somewhat",
-        "DSR final training accuracy (augmented images, running mean) minus test accuracy", overfit, overfit > 0,
-        "accuracy")
+    add(
+        "the dynamic-pruning CNN overfits somewhat",
+        "DSR final training accuracy (augmented images, running mean) minus test accuracy",
+        overfit,
+        overfit > 0,
+        "accuracy",
+    )
     dense_bytes = float(storage.loc[storage["format"].str.startswith("dense"), "bytes"].iloc[0])
     csr_bytes = float(storage.loc[storage["format"].str.startswith("CSR float32"), "bytes"].iloc[0])
-    add("CSR storage shrinks the pruned model", "dense torch.save file / lossless CSR file (save_sparse), DSR CNN",
-        dense_bytes / csr_bytes, dense_bytes / csr_bytes > 1, "x")
+    add(
+        "CSR storage shrinks the pruned model",
+        "dense torch.save file / lossless CSR file (save_sparse), DSR CNN",
+        dense_bytes / csr_bytes,
+        dense_bytes / csr_bytes > 1,
+        "x",
+    )
     for r in latency.itertuples():
-        add("dynamic pruning improves inference speed",
-            f"dense / CSR forward time, DSR CNN, batch {r.batch}, {r.threads} {r.device} thread(s)", r.speedup,
-            r.speedup > 1, "x")
+        add(
+            "dynamic pruning improves inference speed",
+            f"dense / CSR forward time, DSR CNN, batch {r.batch}, {r.threads} {r.device} thread(s)",
+            r.speedup,
+            r.speedup > 1,
+            "x",
+        )
     for column in [c for c in claim.columns if c.endswith(" - retrained")]:
         source = column.removesuffix(" - retrained")
         for sparsity, value in zip(claim["sparsity"], claim[column]):
             if pd.isna(value):
                 continue
-            add("sparsity can be changed at inference (without retraining)",
+            add(
+                "sparsity can be changed at inference (without retraining)",
                 f"MLP at sparsity {sparsity:g}: {source} with sparsity raised at inference minus a model "
-                f"retrained at it (kept: >= -{KEEPS_ACCURACY_PT:g} pt)", float(value), float(value) >= -keep,
-                "accuracy")
+                f"retrained at it (kept: >= -{KEEPS_ACCURACY_PT:g} pt)",
+                float(value),
+                float(value) >= -keep,
+                "accuracy",
+            )
     for r in figure6.to_dict("records"):
         agrees = {"yes": True, "no": False}.get(r["measurement agrees"])
-        add(f"Figure 6: {r['aspect']} is higher for {r['paper: higher for']}",
-            f"{r['aspect']} score of {r['network']} minus {TRADITIONAL_NAME}", r["network - traditional"], agrees,
-            "score")
+        add(
+            f"Figure 6: {r['aspect']} is higher for {r['paper: higher for']}",
+            f"{r['aspect']} score of {r['network']} minus {TRADITIONAL_NAME}",
+            r["network - traditional"],
+            agrees,
+            "score",
+        )
     table = pd.DataFrame(rows)
     table.insert(3, "ours_text", [_fmt_unit(v, u) for v, u in zip(table["ours"], table["unit"])])
     return table
@@ -304,4 +348,6 @@ def claims_table(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
 def _fmt_unit(value: float, unit: str) -> str:
     if pd.isna(value):
         return "n/m"
-    return {"accuracy": f"{100 * value:+.2f} pt", "x": f"{value:.2f}x", "score": f"{value:+.3f}"}.get(unit, f"{value:g}")
+    return {"accuracy": f"{100 * value:+.2f} pt", "x": f"{value:.2f}x", "score": f"{value:+.3f}"}.get(
+        unit, f"{value:g}"
+    )

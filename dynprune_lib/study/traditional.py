@@ -15,8 +15,6 @@ saves to ``.npz`` and loads without unpickling, like every other artefact here.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -28,10 +26,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .train import progress_enabled
+from .._utils import atomic_write, check_int, content_key, progress_enabled
+from .profiles import DEFAULT_CS, FeatureConfig
 
 __all__ = [
-    "FeatureConfig",
     "LinearClassifier",
     "TraditionalClassifier",
     "color_histograms",
@@ -40,42 +38,9 @@ __all__ = [
     "traditional_flops",
 ]
 
-#: Inverse regularisation strengths tried on the validation split.
-DEFAULT_CS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
 
-
-@dataclass(frozen=True)
-class FeatureConfig:
-    """Hand-designed feature settings; the defaults are Dalal & Triggs' HOG on 32x32 images."""
-
-    orientations: int = 9
-    pixels_per_cell: int = 8
-    cells_per_block: int = 2
-    block_norm: str = "L2-Hys"
-    color_bins: int = 4
-
-    def __post_init__(self) -> None:
-        for name in ("orientations", "pixels_per_cell", "cells_per_block", "color_bins"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.color_bins > 256 or 256 % self.color_bins:
-            raise ValueError(f"color_bins must divide 256, got {self.color_bins}")
-
-    def hog_cells(self, height: int, width: int) -> tuple[int, int]:
-        return height // self.pixels_per_cell, width // self.pixels_per_cell
-
-    def hog_dim(self, height: int = 32, width: int = 32) -> int:
-        rows, cols = self.hog_cells(height, width)
-        b = self.cells_per_block
-        if rows < b or cols < b:
-            raise ValueError(f"{height}x{width} images are too small for {b}x{b} blocks of "
-                             f"{self.pixels_per_cell}-pixel cells")
-        return (rows - b + 1) * (cols - b + 1) * b * b * self.orientations
-
-    def dim(self, height: int = 32, width: int = 32) -> int:
-        """Length of the feature vector of one image."""
-        return self.hog_dim(height, width) + self.color_bins**3
+#: The default features (frozen, so one instance serves every default argument).
+_DEFAULT_FEATURES = FeatureConfig()
 
 
 def _nhwc(images: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -95,16 +60,20 @@ def _hog_chunk(images: np.ndarray, config: FeatureConfig) -> np.ndarray:
     out = np.empty((len(images), config.hog_dim(*images.shape[1:3])), np.float32)
     for i, image in enumerate(images):
         out[i] = hog(
-            image, orientations=config.orientations,
-            pixels_per_cell=(config.pixels_per_cell,) * 2, cells_per_block=(config.cells_per_block,) * 2,
-            block_norm=config.block_norm, channel_axis=-1, feature_vector=True,
+            image,
+            orientations=config.orientations,
+            pixels_per_cell=(config.pixels_per_cell,) * 2,
+            cells_per_block=(config.cells_per_block,) * 2,
+            block_norm=config.block_norm,
+            channel_axis=-1,
+            feature_vector=True,
         )
     return out
 
 
 def hog_features(
     images: torch.Tensor | np.ndarray,
-    config: FeatureConfig = FeatureConfig(),
+    config: FeatureConfig = _DEFAULT_FEATURES,
     *,
     n_jobs: int = 1,
     chunk_size: int = 2000,
@@ -119,10 +88,9 @@ def hog_features(
     reference machine two workers measured no faster than one.
     """
     arr = _nhwc(images)
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
-        raise ValueError(f"n_jobs must be a positive int, got {n_jobs!r}")
+    check_int(n_jobs, "n_jobs", 1)
     starts = range(0, len(arr), chunk_size)
-    chunks = [arr[s:s + chunk_size] for s in starts]
+    chunks = [arr[s : s + chunk_size] for s in starts]
     if progress_enabled(progress):
         from tqdm.auto import tqdm
 
@@ -158,20 +126,21 @@ def color_histograms(images: torch.Tensor | np.ndarray, bins: int = 4) -> np.nda
 
 def extract_features(
     images: torch.Tensor | np.ndarray,
-    config: FeatureConfig = FeatureConfig(),
+    config: FeatureConfig = _DEFAULT_FEATURES,
     *,
     n_jobs: int = 1,
     progress: bool | None = None,
 ) -> np.ndarray:
     """HOG followed by the colour histogram: float32 (N, ``config.dim()``)."""
     return np.concatenate(
-        [hog_features(images, config, n_jobs=n_jobs, progress=progress),
-         color_histograms(images, config.color_bins)], axis=1,
+        [hog_features(images, config, n_jobs=n_jobs, progress=progress), color_histograms(images, config.color_bins)],
+        axis=1,
     )
 
 
-def traditional_flops(config: FeatureConfig, image_shape: Sequence[int] = (3, 32, 32),
-                      num_classes: int = 10) -> dict[str, int]:
+def traditional_flops(
+    config: FeatureConfig, image_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10
+) -> dict[str, int]:
     """Estimated arithmetic operations per image of the pipeline, by stage.
 
     An estimate, stated so it can be checked (per pixel unless noted; ``C``
@@ -200,7 +169,11 @@ def traditional_flops(config: FeatureConfig, image_shape: Sequence[int] = (3, 32
     block_len = b * b * config.orientations
     d = config.hog_dim(h, w) + config.color_bins**3
     return {
-        "hog": 2 * c * p + 4 * c * p + (c - 1) * p + 5 * p + rows * cols * config.orientations
+        "hog": 2 * c * p
+        + 4 * c * p
+        + (c - 1) * p
+        + 5 * p
+        + rows * cols * config.orientations
         + n_blocks * (7 * block_len + 4),
         "color_histogram": (2 * c + 2 * (c - 1) + 1) * p + config.color_bins**3,
         "classifier": 2 * d + 2 * d * num_classes + num_classes,
@@ -231,7 +204,7 @@ class LinearClassifier:
 
     def fingerprint(self) -> str:
         """A short hash of the fitted numbers (identifies this classifier in caches)."""
-        return _fingerprint(self.mean, self.scale, self.coef, self.intercept, self.C)
+        return content_key(self.mean, self.scale, self.coef, self.intercept, self.C)
 
     @property
     def num_nonzero(self) -> int:
@@ -250,8 +223,9 @@ class LinearClassifier:
         return self.decision_function(features).argmax(axis=1)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        _atomic_savez(Path(path), mean=self.mean, scale=self.scale, coef=self.coef,
-                      intercept=self.intercept, C=np.float64(self.C))
+        _atomic_savez(
+            Path(path), mean=self.mean, scale=self.scale, coef=self.coef, intercept=self.intercept, C=np.float64(self.C)
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LinearClassifier:
@@ -260,13 +234,7 @@ class LinearClassifier:
 
 
 def _atomic_savez(path: Path, **arrays: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
 def _fit_logreg(x: np.ndarray, y: np.ndarray, C: float, max_iter: int) -> tuple[Any, Any, float]:
@@ -291,21 +259,12 @@ def _validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[n
     n, n_classes = len(labels), len(np.unique(labels))
     n_val = max(round(fraction * n), n_classes)
     if n - n_val < n_classes:
-        raise ValueError(f"{n} labelled images are too few to hold out a validation split with every one "
-                         f"of the {n_classes} classes on both sides; use more data")
+        raise ValueError(
+            f"{n} labelled images are too few to hold out a validation split with every one "
+            f"of the {n_classes} classes on both sides; use more data"
+        )
     idx = np.arange(n)
     return train_test_split(idx, test_size=n_val, stratify=labels, random_state=seed)
-
-
-def _fingerprint(*parts: Any) -> str:
-    h = hashlib.sha1()
-    for part in parts:
-        if isinstance(part, np.ndarray):
-            h.update(str((part.dtype, part.shape)).encode())
-            h.update(np.ascontiguousarray(part).tobytes())
-        else:
-            h.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
 
 
 class TraditionalClassifier:
@@ -325,7 +284,7 @@ class TraditionalClassifier:
 
     def __init__(
         self,
-        config: FeatureConfig = FeatureConfig(),
+        config: FeatureConfig = _DEFAULT_FEATURES,
         *,
         Cs: Sequence[float] = DEFAULT_CS,
         val_fraction: float = 0.1,
@@ -357,7 +316,7 @@ class TraditionalClassifier:
         arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
         path = None
         if cache and self.cache_dir is not None:
-            path = self.cache_dir / f"features-{_fingerprint(asdict(self.config), arr)}.npz"
+            path = self.cache_dir / f"features-{content_key(asdict(self.config), arr)}.npz"
             if path.exists():
                 with np.load(path, allow_pickle=False) as f:
                     return f["features"], float(f["seconds"])
@@ -379,7 +338,7 @@ class TraditionalClassifier:
         y = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
         if features.ndim != 2 or len(features) != len(y):
             raise ValueError(f"features must be (N, D) with N = len(labels) = {len(y)}, got {features.shape}")
-        key = _fingerprint(features, y, self.Cs, self.val_fraction, self.seed, self.max_iter)
+        key = content_key(features, y, self.Cs, self.val_fraction, self.seed, self.max_iter)
         path = None if self.cache_dir is None else self.cache_dir / f"logreg-{key}"
         if path is not None and path.with_suffix(".npz").exists():
             self.classifier = LinearClassifier.load(path.with_suffix(".npz"))
@@ -406,8 +365,11 @@ class TraditionalClassifier:
         rows.append({"C": best["C"], "val_acc": float("nan"), "seconds": seconds, "final": True})
         self.fit_seconds = time.perf_counter() - t0
         self.classifier = LinearClassifier(
-            scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64),
-            model.coef_.astype(np.float64), model.intercept_.astype(np.float64), best["C"],
+            scaler.mean_.astype(np.float64),
+            scaler.scale_.astype(np.float64),
+            model.coef_.astype(np.float64),
+            model.intercept_.astype(np.float64),
+            best["C"],
         )
         self.validation = pd.DataFrame(rows)
         if path is not None:
@@ -416,7 +378,9 @@ class TraditionalClassifier:
         return self
 
     # -- inference ------------------------------------------------------------- #
-    def _fitted(self) -> LinearClassifier:
+    @property
+    def fitted(self) -> LinearClassifier:
+        """The fitted classifier; RuntimeError before :meth:`fit`."""
         if self.classifier is None:
             raise RuntimeError("TraditionalClassifier is not fitted; call fit() first")
         return self.classifier
@@ -425,7 +389,7 @@ class TraditionalClassifier:
         """Class probabilities (N, K) of uint8 (N, 3, H, W) images; ``cache`` stores
         their features in ``cache_dir`` (worth it for whole test sets, not for probes)."""
         feats, _ = self.features(images, cache=cache)
-        return self._fitted().predict_proba(feats)
+        return self.fitted.predict_proba(feats)
 
     def predict(self, images: torch.Tensor | np.ndarray, *, cache: bool = False) -> np.ndarray:
         return self.predict_proba(images, cache=cache).argmax(axis=1)

@@ -1,7 +1,8 @@
-"""The numbers the paper reports, kept only to be shown beside ours.
+"""What the paper reports, kept only to be shown beside ours: its numbers and its readings.
 
 Nothing here feeds a computation: these values appear solely as the "paper"
-column of comparison tables and as reference marks on figures.
+column of comparison tables, as reference marks on figures and as the side
+each Figure 6 claim is checked against.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
-from .train import hardware_name
+from ..train import hardware_name
 
 if TYPE_CHECKING:
-    from .data import CIFAR10Data
+    from ..data import CIFAR10Data
 
-__all__ = ["PAPER", "compare_with_paper", "run_conditions"]
+__all__ = ["PAPER", "PAPER_CLAIMS", "compare_with_paper", "paper_marks", "run_conditions"]
 
 #: Section 3.1, baseline CNN on CIFAR-10 after 10 epochs.
 #: Section 3.2, dynamic-pruning CNN: test accuracy after epochs 1 and 4, best
@@ -34,12 +35,26 @@ PAPER: Mapping[str, Mapping[str, float]] = {
 }
 
 
-def run_conditions(data: "CIFAR10Data", device: str | torch.device, **extra: object) -> dict[str, object]:
+#: The paper's qualitative reading of its Figure 6 (section 4): which side scores higher.
+PAPER_CLAIMS: Mapping[str, str] = {
+    "complexity": "deep learning",
+    "generalization": "deep learning",
+    "data_requirements": "deep learning",
+    "interpretability": "traditional",
+}
+
+
+def run_conditions(data: CIFAR10Data, device: str | torch.device, **extra: object) -> dict[str, object]:
     """What a result was measured under, for the "conditions" column: the data copy and its
     size, ``extra`` (epochs, seeds, sparsity, network...), the device, the hardware and torch."""
     return {
-        "data": Path(data.source).name, "train_images": len(data.train_labels), "test_images": len(data.test_labels),
-        **extra, "device": torch.device(device).type, "hardware": hardware_name(device), "torch": torch.__version__,
+        "data": Path(data.source).name,
+        "train_images": len(data.train_labels),
+        "test_images": len(data.test_labels),
+        **extra,
+        "device": torch.device(device).type,
+        "hardware": hardware_name(device),
+        "torch": torch.__version__,
     }
 
 
@@ -81,3 +96,24 @@ def compare_with_paper(
     conditions_text = "; ".join(f"{k}={v}" for k, v in (conditions or {}).items())
     table["conditions"] = conditions_text
     return table
+
+
+def paper_marks(experiment: str, last_epoch: int, metric: str = "test_acc") -> dict[int, float]:
+    """The paper's per-epoch points of ``metric`` in ``experiment`` as {epoch: value} for ``plot_history``.
+
+    "after epoch N" is placed at N and "final" at ``last_epoch`` (unless an
+    "after epoch" point is already there); "best" has no single epoch and is left
+    out (it is in the comparison table). A metric the paper does not report
+    gives no marks.
+    """
+    if experiment not in PAPER:
+        raise ValueError(f"experiment must be one of {sorted(PAPER)}, got {experiment!r}")
+    marks: dict[int, float] = {}
+    items = PAPER[experiment].items()
+    for name, value in items:  # per-epoch points first: they win over "final" on the same epoch
+        if name.startswith(f"{metric} after epoch "):
+            marks[int(name.rpartition(" ")[2])] = float(value)
+    for name, value in items:
+        if name == f"final {metric}":
+            marks.setdefault(last_epoch, float(value))
+    return dict(sorted(marks.items()))

@@ -179,7 +179,7 @@ def model_predictor(
         out = []
         try:
             for start in range(0, images.shape[0], batch_size):
-                x = images[start:start + batch_size].to(device).float().div_(255).sub_(mean_t).div_(std_t)
+                x = images[start : start + batch_size].to(device).float().div_(255).sub_(mean_t).div_(std_t)
                 out.append(torch.softmax(model(x).double(), dim=1).cpu())
         finally:
             model.train(was_training)
@@ -252,7 +252,7 @@ def region_masks(height: int, width: int, patch: int) -> torch.Tensor:
     masks = torch.zeros(rows * cols, height, width, dtype=torch.bool)
     for r in range(rows):
         for c in range(cols):
-            masks[r * cols + c, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch] = True
+            masks[r * cols + c, r * patch : (r + 1) * patch, c * patch : (c + 1) * patch] = True
     return masks
 
 
@@ -294,8 +294,14 @@ def occlusion_attribution(
     return p0[np.arange(n), t][:, None] - pt, t
 
 
-def _deletion_curves(predict: Predictor, images: torch.Tensor, regions: torch.Tensor,
-                     order: np.ndarray, t: np.ndarray, colour: torch.Tensor) -> np.ndarray:
+def _deletion_curves(
+    predict: Predictor,
+    images: torch.Tensor,
+    regions: torch.Tensor,
+    order: np.ndarray,
+    t: np.ndarray,
+    colour: torch.Tensor,
+) -> np.ndarray:
     """p_t after deleting the first k regions of each image's order, k = 0..R: (N, R + 1)."""
     n, r = order.shape
     removed = torch.zeros(n, r + 1, *regions.shape[1:], dtype=torch.bool)
@@ -357,8 +363,12 @@ def deletion_faithfulness(
     x = np.linspace(0.0, 1.0, len(regions) + 1)
     curve, random_curve = curves.mean(axis=0), random_curves.mean(axis=0)
     return DeletionResult(
-        curve, random_curve, float(np.trapezoid(curve, x)), float(np.trapezoid(random_curve, x)),
-        n, len(regions),
+        curve,
+        random_curve,
+        float(np.trapezoid(curve, x)),
+        float(np.trapezoid(random_curve, x)),
+        n,
+        len(regions),
     )
 
 
@@ -376,16 +386,25 @@ COMPLEXITY_ANCHORS: Mapping[str, tuple[float, float]] = {
 #: The formula behind each score, as shown in the notebook and the CSV.
 SCORE_FORMULAS: Mapping[str, str] = {
     "complexity": "mean over q in {non-zero parameters, non-zero FLOPs/image, training seconds} of "
-                  "clip((log10 q - log10 lo_q) / (log10 hi_q - log10 lo_q), 0, 1)",
+    "clip((log10 q - log10 lo_q) / (log10 hi_q - log10 lo_q), 0, 1)",
     "generalization": "(test accuracy + mean accuracy under the shifts + (1 - max(0, train - test accuracy))) / 3",
     "data_requirements": "log(f_share / f_min) / log(1 / f_min), f_share = training fraction reaching "
-                         "share x full-data accuracy, f_min = smallest fraction measured",
+    "share x full-data accuracy, f_min = smallest fraction measured",
     "interpretability": "clip(1 - deletion AUC / random-order deletion AUC, 0, 1)",
 }
 
 _RAW_COLUMNS = (
-    "method", "nonzero_parameters", "nonzero_flops", "train_seconds", "test_acc", "train_acc", "shift_acc",
-    "fraction_to_reach", "fraction_min", "deletion_auc", "random_deletion_auc",
+    "method",
+    "nonzero_parameters",
+    "nonzero_flops",
+    "train_seconds",
+    "test_acc",
+    "train_acc",
+    "shift_acc",
+    "fraction_to_reach",
+    "fraction_min",
+    "deletion_auc",
+    "random_deletion_auc",
 )
 
 
@@ -422,10 +441,12 @@ def aspect_scores(
         raise ValueError("need 0 < fraction_min < 1 and fraction_min <= fraction_to_reach <= 1")
     data = np.log(f_share / f_min) / np.log(1.0 / f_min)
     interp = np.clip(1.0 - raw["deletion_auc"].to_numpy() / raw["random_deletion_auc"].to_numpy(), 0.0, 1.0)
-    return pd.DataFrame({
-        "method": raw["method"].to_numpy(),
-        "complexity": complexity,
-        "generalization": generalization,
-        "data_requirements": data,
-        "interpretability": interp,
-    })
+    return pd.DataFrame(
+        {
+            "method": raw["method"].to_numpy(),
+            "complexity": complexity,
+            "generalization": generalization,
+            "data_requirements": data,
+            "interpretability": interp,
+        }
+    )

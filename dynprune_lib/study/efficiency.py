@@ -19,20 +19,24 @@ import math
 import os
 import statistics
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import nn
 
-from .csr import accuracy_after_roundtrip, plain_csr_nbytes, save_sparse
-from .inference import LayerChoice, to_sparse_inference
-from .layers import densify, sparse_modules
-from .train import evaluate
+from .._utils import check_int, check_sparsity, time_interleaved
+from ..csr import ValueMode, plain_csr_nbytes, roundtrip_model, save_sparse
+from ..inference import LayerChoice, to_sparse_inference
+from ..layers import densify, global_magnitude_zeros, sparse_modules
+from ..train import evaluate
 
 __all__ = [
+    "accuracy_after_roundtrip",
     "inference_sparsity_sweep",
     "latency_table",
+    "model_summary",
     "set_global_sparsity",
     "sparsity_summary",
     "sparsity_table",
@@ -57,12 +61,16 @@ def sparsity_table(model: nn.Module) -> pd.DataFrame:
     for name, module in _weighted_layers(model):
         weight = module.weight.detach()
         zeros = int((weight == 0).sum().item())
-        rows.append({
-            "layer": name, "kind": "conv" if isinstance(module, nn.Conv2d) else "linear",
-            "shape": "x".join(str(d) for d in weight.shape),
-            "dynamic": getattr(module, "mask", None) is not None,
-            "weights": weight.numel(), "zeros": zeros,
-        })
+        rows.append(
+            {
+                "layer": name,
+                "kind": "conv" if isinstance(module, nn.Conv2d) else "linear",
+                "shape": "x".join(str(d) for d in weight.shape),
+                "dynamic": getattr(module, "mask", None) is not None,
+                "weights": weight.numel(),
+                "zeros": zeros,
+            }
+        )
     if not rows:
         raise ValueError("model has no Conv2d or Linear layers")
     table = pd.DataFrame(rows)
@@ -75,8 +83,16 @@ def sparsity_table(model: nn.Module) -> pd.DataFrame:
     ):
         part = table[select]
         if len(part):
-            totals.append({"layer": label, "kind": "total", "shape": "", "dynamic": None,
-                           "weights": int(part["weights"].sum()), "zeros": int(part["zeros"].sum())})
+            totals.append(
+                {
+                    "layer": label,
+                    "kind": "total",
+                    "shape": "",
+                    "dynamic": None,
+                    "weights": int(part["weights"].sum()),
+                    "zeros": int(part["zeros"].sum()),
+                }
+            )
     table = pd.concat([table, pd.DataFrame(totals)], ignore_index=True)
     table["sparsity"] = table["zeros"] / table["weights"]
     return table
@@ -86,8 +102,12 @@ def sparsity_summary(model: nn.Module) -> dict[str, float]:
     """Fractions of zero weights: ``sparse_layers``, ``conv``, ``linear`` and ``all`` (NaN where absent)."""
     table = sparsity_table(model).set_index("layer")
     out = {}
-    for key, label in (("sparse_layers", "sparse layers"), ("conv", "all convolutions"),
-                       ("linear", "all linear"), ("all", "all weights")):
+    for key, label in (
+        ("sparse_layers", "sparse layers"),
+        ("conv", "all convolutions"),
+        ("linear", "all linear"),
+        ("all", "all weights"),
+    ):
         out[key] = float(table.loc[label, "sparsity"]) if label in table.index else math.nan
     return out
 
@@ -130,14 +150,36 @@ def storage_table(
     return table
 
 
-def _median_seconds(module: nn.Module, x: torch.Tensor, seconds: float) -> float:
-    """Median seconds of ``module(x)`` over ``torch.utils.benchmark`` blocks of about ``seconds``."""
-    # Imported here: torch.utils.benchmark pulls in cpp_extension, which warns on
-    # CPU-only machines at import time.
-    from torch.utils import benchmark
+def model_summary(model: nn.Module, input_shape: Sequence[int] = (3, 32, 32)) -> pd.Series:
+    """Parameters (all and non-zero) and the cost of one forward pass of one image, dense and
+    counting only non-zero weights (:func:`~.aspects.count_flops`; a multiply-add is 2 FLOPs)."""
+    from .aspects import count_flops, count_parameters
 
-    timer = benchmark.Timer(stmt="module(x)", globals={"module": module, "x": x}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=seconds).median
+    flops = count_flops(model, input_shape)
+    return pd.Series(
+        {
+            **count_parameters(model),
+            "multiply_adds": flops["flops"] // 2,
+            "nonzero_multiply_adds": flops["nonzero_flops"] // 2,
+        },
+        name=type(model).__name__,
+    )
+
+
+def accuracy_after_roundtrip(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    values: ValueMode = "float16",
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Test accuracy of a trained ``model`` before and after storage in ``values`` mode.
+
+    Returns ``{"accuracy": ..., "accuracy_roundtrip": ..., "change": after - before}``;
+    this is how the cost of float16/int8 storage is reported.
+    """
+    _, before = evaluate(model, loader, device=device)
+    _, after = evaluate(roundtrip_model(model, values), loader, device=device)
+    return {"accuracy": before, "accuracy_roundtrip": after, "change": after - before}
 
 
 @torch.no_grad()
@@ -157,9 +199,9 @@ def latency_table(
     plain ``nn.Conv2d``/``nn.Linear`` layers (:func:`~dynprune_lib.layers.densify`);
     the sparse one is :func:`~dynprune_lib.inference.to_sparse_inference` given an
     example batch of that size (it keeps CSR only for layers it timed faster).
-    Each is timed with ``torch.utils.benchmark`` (median of blocks, ``seconds``
-    each), ``rounds`` times alternately; the median of the rounds is reported.
-    The two outputs are checked to agree (1e-4) before timing.
+    The two are timed in alternation, single calls, for about ``rounds * seconds``
+    seconds each, and the median is reported. The two outputs are checked to
+    agree (1e-4) before timing.
     """
     if not batch_sizes:
         raise ValueError("batch_sizes is empty")
@@ -169,24 +211,32 @@ def latency_table(
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for batch in batch_sizes:
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"batch sizes must be positive ints, got {batch!r}")
+        check_int(batch, "batch size", 1)
         x = torch.randn(batch, *input_shape, generator=generator).to(device)
         report: list[LayerChoice] = []
         sparse = to_sparse_inference(model, x, report=report)
         difference = float((sparse(x) - dense(x)).abs().max())
         if difference > 1e-4 * max(1.0, float(dense(x).abs().max())):
             raise RuntimeError(f"CSR model output differs from the dense one by {difference:g} at batch {batch}")
-        dense_t, sparse_t = [], []
-        for _ in range(rounds):
-            dense_t.append(_median_seconds(dense, x, seconds))
-            sparse_t.append(_median_seconds(sparse, x, seconds))
-        d, s = statistics.median(dense_t), statistics.median(sparse_t)
-        rows.append({
-            "batch": batch, "dense_ms": 1e3 * d, "csr_ms": 1e3 * s, "speedup": d / s,
-            "layers_on_csr": sum(c.sparse for c in report), "sparse_layers": len(report),
-            "threads": torch.get_num_threads(), "device": device.type,
-        })
+        times = time_interleaved(
+            {"dense": partial(dense, x), "sparse": partial(sparse, x)},
+            repeats=100_000,
+            budget_s=2 * rounds * seconds,
+            device=device,
+        )
+        d, s = statistics.median(times["dense"]), statistics.median(times["sparse"])
+        rows.append(
+            {
+                "batch": batch,
+                "dense_ms": 1e3 * d,
+                "csr_ms": 1e3 * s,
+                "speedup": d / s,
+                "layers_on_csr": sum(c.sparse for c in report),
+                "sparse_layers": len(report),
+                "threads": torch.get_num_threads(),
+                "device": device.type,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -194,32 +244,20 @@ def latency_table(
 def set_global_sparsity(model: nn.Module, sparsity: float) -> dict[str, float]:
     """Change the sparsity of a trained model at inference, without retraining (paper, sec. 2).
 
-    One magnitude cut-off over all sparse layers (as
-    ``torch.nn.utils.prune.global_unstructured``): already masked weights count
-    as pruned first, then the smallest live ``|w|`` anywhere. Each layer is then
-    set with the paper's per-layer API, ``layer.set_sparsity``, to the share the
-    cut-off gives it (a layer keeps at least one weight). Returns the per-layer
-    sparsities set.
+    One magnitude cut-off over all sparse layers
+    (:func:`~dynprune_lib.layers.global_magnitude_zeros`, as
+    ``torch.nn.utils.prune.global_unstructured`` but never emptying a layer);
+    each layer is then set with the paper's per-layer API, ``layer.set_sparsity``,
+    to the share the cut-off gives it. Returns the per-layer sparsities set.
     """
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    sparsity = check_sparsity(sparsity)
     layers = dict(sparse_modules(model))
     if not layers:
         raise ValueError("model has no sparse DynamicLinear/DynamicConv2d layers")
-    scores = torch.cat([
-        m.weight.detach().abs().reshape(-1).masked_fill(~m.mask.reshape(-1), -1.0).cpu() for m in layers.values()
-    ])
-    n_zero = round(sparsity * scores.numel())
-    pruned = torch.zeros(scores.numel(), dtype=torch.bool)
-    if n_zero:
-        pruned[torch.topk(scores, n_zero, largest=False).indices] = True
-    out, offset = {}, 0
-    for name, layer in layers.items():
-        numel = layer.weight.numel()
-        share = min(int(pruned[offset: offset + numel].sum()), numel - 1) / numel
-        layer.set_sparsity(share)
+    out = {}
+    for (name, layer), n_zero in zip(layers.items(), global_magnitude_zeros(list(layers.values()), sparsity)):
+        layer.set_sparsity(n_zero / layer.weight.numel())
         out[name] = layer.mask_sparsity
-        offset += numel
     return out
 
 

@@ -1,0 +1,764 @@
+"""Training runs of the paper's section 3.2: the dynamic-pruning CNN, the MLP, and what they are compared with.
+
+The paper trains a CNN of ``DynamicConv2d`` layers with DSR for 10 epochs and
+describes an MLP of ``DynamicLinear`` layers; it gives neither architecture nor
+the sparsity reached. Here one :class:`ExperimentConfig` fixes everything about
+a run except the *method* (how the sparsity is obtained), the target sparsity
+and the seed; :func:`train_run` trains one such configuration, resumably
+(``fit`` checkpoints under ``run_dir``; a finished run is restored, not
+retrained), and :func:`run_methods` runs the fair comparison: the same
+network, data, optimiser, schedule, epochs and seed for every method.
+
+Methods (:data:`METHODS`):
+
+* ``dense``: no pruning (masks of ones, no scheduler).
+* ``dsr``: Dynamic Sparse Reparameterization (Mostafa & Wang 2019), the paper's
+  method: sparse from the first step, global magnitude threshold adapted during
+  training, pruned weights regrown elsewhere.
+* ``set`` / ``rigl``: the other dynamic sparse-training methods (Mocanu et al.
+  2018; Evci et al. 2020), random / gradient-guided regrowth, per layer.
+* ``magnitude_oneshot``: "traditional" pruning after training: dense training
+  for ``oneshot_at`` of the steps, one magnitude prune, fine-tuning for the rest.
+* ``magnitude_gradual``: gradual magnitude pruning with the cubic schedule of
+  Zhu & Gupta 2017 inside the same step budget.
+
+The learning rate follows a one-cycle schedule (Smith & Topin 2019) stepped
+after every optimizer step (:class:`StepSchedule`), because ten epochs are too
+few for a per-epoch schedule to warm up and anneal smoothly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .._utils import random_mask
+from ..data import BatchLoader, CIFAR10Data, make_loaders
+from ..layers import erk_sparsities, sparse_modules
+from ..models import MLP, BaselineCNN, DynamicCNN
+from ..schedulers import DSR, SET, MagnitudePruning, RigL
+from ..train import StepSchedule, fit, set_seed
+from .efficiency import inference_sparsity_sweep, latency_table, sparsity_summary, storage_table
+from .paper import PAPER, run_conditions
+from .profiles import BASELINE, METHODS, BaselineRecipe, ExperimentConfig
+from .results import RESULT_FILES
+
+__all__ = [
+    "METHOD_LABELS",
+    "Run",
+    "baseline_history",
+    "build_model",
+    "experiment_loaders",
+    "find_run",
+    "experiment_conditions",
+    "histories_frame",
+    "inference_sources",
+    "inference_sweep",
+    "init_random_masks",
+    "mean_history",
+    "method_table",
+    "run_latency",
+    "run_methods",
+    "run_storage",
+    "run_table",
+    "sparse_layer_target",
+    "sparsity_claim_table",
+    "sparsity_sweep",
+    "target_table",
+    "train_baseline",
+    "train_run",
+]
+
+#: How tables and figures name each method.
+METHOD_LABELS: Mapping[str, str] = {
+    "dense": "dense (no pruning)",
+    "dsr": "DSR (dynamic pruning, the paper's method)",
+    "magnitude_oneshot": "magnitude, one-shot after training + fine-tuning",
+    "magnitude_gradual": "magnitude, gradual (cubic schedule)",
+    "set": "SET (random regrowth)",
+    "rigl": "RigL (gradient regrowth)",
+    "baseline": "paper's baseline CNN (section 3.1, dense)",
+}
+_SPARSE_FROM_START = ("dsr", "set", "rigl")
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def build_model(config: ExperimentConfig) -> nn.Module:
+    """The network of ``config`` with masks of ones on every prunable layer (dense until pruned).
+
+    Uses the global RNG for the weights (call :func:`~dynprune_lib.train.set_seed` first);
+    draws nothing for the masks, so every method starts from the same weights.
+    """
+    if config.model == "cnn":
+        return DynamicCNN(
+            widths=config.widths,
+            sparsity=0.0,
+            sparse=True,
+            convs_per_stage=config.convs_per_stage,
+            pool_before_norm=config.pool_before_norm,
+            channels_last=config.channels_last,
+        )
+    return MLP(hidden=config.widths, sparsity=0.0, sparse=True)
+
+
+def sparse_layer_target(model: nn.Module, sparsity: float, scope: Literal["conv", "linear"]) -> float:
+    """Sparsity the sparse layers need so that ``sparsity`` of all ``scope`` weights are zero.
+
+    Dense layers of that kind (the first convolution) count as fully dense. The
+    number of zeros is rounded up, so the target is met, never missed by a weight.
+    """
+    kinds = {"conv": nn.Conv2d, "linear": nn.Linear}
+    if scope not in kinds:
+        raise ValueError(f"scope must be 'conv' or 'linear', got {scope!r}")
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    total = sum(m.weight.numel() for m in model.modules() if isinstance(m, kinds[scope]))
+    sparse = sum(m.weight.numel() for _, m in sparse_modules(model) if isinstance(m, kinds[scope]))
+    if sparse == 0:
+        raise ValueError(f"model has no sparse {scope} layers")
+    needed = math.ceil(sparsity * total - 1e-9) / sparse
+    if needed >= 1.0:
+        raise ValueError(
+            f"sparsity={sparsity} of all {scope} weights needs {needed:.4f} of the sparse layers "
+            "(the dense layers hold too many weights)"
+        )
+    return needed
+
+
+@torch.no_grad()
+def init_random_masks(
+    model: nn.Module,
+    sparsity: float,
+    *,
+    distribution: Literal["erk", "uniform"] = "erk",
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """Random masks on ``model``'s sparse layers, ``sparsity`` over them in total; returns per-layer sparsity.
+
+    The start of sparse training from scratch (DSR, SET, RigL). ``"uniform"``
+    gives every layer ``sparsity`` (DSR's initialisation); ``"erk"`` the
+    Erdős–Rényi-Kernel distribution of :func:`~dynprune_lib.layers.erk_sparsities`
+    (Evci et al. 2020), denser where a layer has few weights. Per-layer zero
+    counts are rounded up. Masked weights are set to zero.
+    """
+    if distribution not in ("erk", "uniform"):
+        raise ValueError(f"distribution must be 'erk' or 'uniform', got {distribution!r}")
+    layers = dict(sparse_modules(model))
+    if not layers:
+        raise ValueError("model has no sparse DynamicLinear/DynamicConv2d layers")
+    shapes = [m.weight.shape for m in layers.values()]
+    targets = erk_sparsities(shapes, sparsity) if distribution == "erk" else [sparsity] * len(shapes)
+    out = {}
+    for (name, layer), target in zip(layers.items(), targets):
+        numel = layer.weight.numel()
+        n_zero = min(math.ceil(target * numel - 1e-9), numel - 1)
+        layer.mask.copy_(random_mask(layer.mask.shape, n_zero, generator=generator, device=layer.mask.device))
+        layer.weight.masked_fill_(~layer.mask, 0)
+        out[name] = n_zero / numel
+    return out
+
+
+def experiment_loaders(
+    config: ExperimentConfig, data: CIFAR10Data, *, seed: int = 0, device: str | torch.device = "cpu"
+) -> tuple[BatchLoader, BatchLoader]:
+    """Training loader (shuffled; augmented if ``config.augment``) and test loader of ``config``,
+    both standardised with the training split's channel statistics."""
+    return make_loaders(
+        data,
+        config.batch_size,
+        augment=config.augment,
+        eval_batch_size=config.eval_batch_size,
+        seed=seed,
+        device=device,
+    )
+
+
+def _dsr_period(config: ExperimentConfig) -> dict[int, int]:
+    """``config.dsr_period`` keyed by 0-based epoch; when two entries fall on one epoch the first wins."""
+    out: dict[int, int] = {}
+    for fraction, period in config.dsr_period:
+        out.setdefault(math.floor(fraction * config.epochs), period)
+    return out
+
+
+def _build_pruner(
+    config: ExperimentConfig,
+    method: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    layer_sparsity: float,
+    total_steps: int,
+    seed: int,
+):
+    if method == "dense":
+        return None
+    if method == "dsr":
+        return DSR(model, optimizer, prune_fraction=config.dsr_prune_fraction, period=_dsr_period(config), seed=seed)
+    if method in ("set", "rigl"):
+        end = max(1, round(config.regrow_end * total_steps))
+        cls, key = (SET, "prune_fraction") if method == "set" else (RigL, "drop_fraction")
+        return cls(
+            model, optimizer, period=config.regrow_period, end_step=end, seed=seed, **{key: config.regrow_fraction}
+        )
+    if method == "magnitude_oneshot":
+        begin = max(1, round(config.oneshot_at * total_steps))
+        return MagnitudePruning(
+            model, optimizer, sparsity=layer_sparsity, scope=config.magnitude_scope, begin=begin, unit="step"
+        )
+    if method == "magnitude_gradual":
+        every = config.gradual_every
+        begin = max(1, round(config.gradual[0] * total_steps))
+        prunes = max(1, round((config.gradual[1] - config.gradual[0]) * total_steps / every))
+        end = begin + prunes * every  # a multiple of the frequency: the last prune reaches the target
+        if end > total_steps:
+            raise ValueError(
+                f"gradual pruning would end at step {end} after the last step {total_steps}; "
+                f"lower gradual_every ({every}) or the end of gradual ({config.gradual[1]})"
+            )
+        return MagnitudePruning(
+            model,
+            optimizer,
+            sparsity=layer_sparsity,
+            scope=config.magnitude_scope,
+            begin=begin,
+            end=end,
+            frequency=every,
+            unit="step",
+        )
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    """One trained (method, sparsity, seed) configuration."""
+
+    method: str
+    seed: int
+    sparsity: float | None  # target over the config's sparsity scope; None for dense
+    model: nn.Module
+    history: pd.DataFrame
+    log: pd.DataFrame | None  # the pruning scheduler's log_frame(); None for dense
+    layer_sparsity: dict[str, float]  # initial (sparse-from-scratch) per-layer sparsity, else {}
+    checkpoint: Path
+    config: ExperimentConfig
+    steps_per_epoch: int = 0  # optimizer steps per epoch (0: unknown)
+
+    @property
+    def label(self) -> str:
+        return METHOD_LABELS.get(self.method, self.method)
+
+    @property
+    def train_seconds(self) -> float:
+        """Wall seconds of all epochs (training and the per-epoch test evaluation)."""
+        return float(self.history["seconds"].sum())
+
+
+def train_run(
+    config: ExperimentConfig,
+    data: CIFAR10Data,
+    method: str,
+    *,
+    seed: int = 0,
+    sparsity: float | None = None,
+    device: str | torch.device = "cpu",
+    run_dir: str | os.PathLike[str],
+    progress: bool | None = None,
+    verbose: bool = True,
+) -> Run:
+    """Train ``method`` at ``sparsity`` (default ``config.sparsity``) with ``seed``; resumable.
+
+    Deterministic under ``seed``: weights, masks, data order, augmentation and
+    the scheduler's own random draws all derive from it. The checkpoint
+    ``run_dir/<model>_<method>_s<sparsity>_seed<seed>_e<epochs>_n<images>_<key>.pt``
+    names the configuration (``key`` hashes the training settings), so a changed
+    setting never resumes a stale run.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "dense":
+        if sparsity not in (None, 0.0):
+            raise ValueError(f"method 'dense' takes no sparsity, got {sparsity!r}")
+        sparsity = None
+    else:
+        sparsity = config.sparsity if sparsity is None else float(sparsity)
+    n_train = len(data.train_labels)
+    tag = "dense" if sparsity is None else f"s{sparsity:g}"
+    checkpoint = Path(run_dir) / (
+        f"{config.model}_{method}_{tag}_seed{seed}_e{config.epochs}_n{n_train}_"
+        f"{config.training_key(method, sparsity)}.pt"
+    )
+    train_loader, test_loader = experiment_loaders(config, data, seed=seed, device=device)
+    set_seed(seed)
+    model = build_model(config)
+    layer_sparsity: dict[str, float] = {}
+    target = 0.0 if sparsity is None else sparse_layer_target(model, sparsity, config.sparsity_scope)
+    if method in _SPARSE_FROM_START:
+        generator = torch.Generator().manual_seed(seed)
+        layer_sparsity = init_random_masks(model, target, distribution=config.distribution, generator=generator)
+    model.to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+    total_steps = config.epochs * len(train_loader)
+    if config.warmup * total_steps < 2:  # OneCycleLR divides by (warm-up steps - 1)
+        raise ValueError(
+            f"warmup={config.warmup} of {total_steps} steps is under 2 steps; use more data, epochs or warmup"
+        )
+    lr_scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=config.lr,
+        total_steps=total_steps,
+        pct_start=config.warmup,
+        cycle_momentum=False,
+    )
+    pruner = _build_pruner(config, method, model, optimizer, target, total_steps, seed)
+    history = fit(
+        model,
+        train_loader,
+        test_loader,
+        epochs=config.epochs,
+        optimizer=optimizer,
+        pruner=StepSchedule(lr_scheduler, pruner),
+        device=device,
+        checkpoint=checkpoint,
+        progress=progress,
+        verbose=verbose,
+        precision=config.precision,
+    )
+    log = pruner.log_frame() if pruner is not None else None
+    return Run(method, seed, sparsity, model, history, log, layer_sparsity, checkpoint, config, len(train_loader))
+
+
+def run_methods(
+    config: ExperimentConfig,
+    data: CIFAR10Data,
+    *,
+    methods: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+    run_dir: str | os.PathLike[str],
+    progress: bool | None = None,
+    verbose: bool = True,
+) -> list[Run]:
+    """Every method (default ``config.methods``) for every seed (default ``config.seeds``), all at
+    ``config.sparsity``: the fair comparison (same network, data, schedule, epochs, seeds)."""
+    jobs = [
+        (method, seed, None)
+        for method in (config.methods if methods is None else methods)
+        for seed in (config.seeds if seeds is None else seeds)
+    ]
+    return _train_all(config, data, jobs, device=device, run_dir=run_dir, progress=progress, verbose=verbose)
+
+
+def sparsity_sweep(
+    config: ExperimentConfig,
+    data: CIFAR10Data,
+    *,
+    methods: Sequence[str] | None = None,
+    sparsities: Sequence[float] | None = None,
+    seeds: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+    run_dir: str | os.PathLike[str],
+    progress: bool | None = None,
+    verbose: bool = True,
+) -> list[Run]:
+    """The dense model and each of ``methods`` (default: ``config.methods`` other than
+    ``dense``) retrained at each of ``sparsities`` (default ``config.sparsities``), for
+    every seed: accuracy against sparsity."""
+    methods = [m for m in (config.methods if methods is None else methods) if m != "dense"]
+    if not methods:
+        raise ValueError("sparsity_sweep needs at least one pruning method besides 'dense'")
+    jobs = []
+    for seed in config.seeds if seeds is None else seeds:
+        jobs.append(("dense", seed, None))
+        jobs += [(m, seed, s) for m in methods for s in (config.sparsities if sparsities is None else sparsities)]
+    return _train_all(config, data, jobs, device=device, run_dir=run_dir, progress=progress, verbose=verbose)
+
+
+def _train_all(config, data, jobs, *, device, run_dir, progress, verbose) -> list[Run]:
+    """``train_run`` for each (method, seed, sparsity or None for the config's), announcing each."""
+    runs = []
+    for method, seed, sparsity in jobs:
+        if verbose:
+            at = "" if sparsity is None else f" at sparsity {sparsity:g}"
+            print(f"== {method}{at}, seed {seed}", flush=True)
+        runs.append(
+            train_run(
+                config,
+                data,
+                method,
+                seed=seed,
+                sparsity=sparsity,
+                device=device,
+                run_dir=run_dir,
+                progress=progress,
+                verbose=verbose,
+            )
+        )
+    return runs
+
+
+# --------------------------------------------------------------------------- the paper's baseline
+
+
+def train_baseline(
+    data: CIFAR10Data,
+    *,
+    recipe: BaselineRecipe = BASELINE,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    run_dir: str | os.PathLike[str],
+    verbose: bool = True,
+) -> tuple[nn.Module, pd.DataFrame]:
+    """The paper's baseline CNN trained with its protocol (section 3.1; notebook 01), resumably.
+
+    Pixels in [0, 1], no augmentation, Adam, the epochs, batch size and learning
+    rate of ``recipe``; checkpointed under ``run_dir`` after every epoch, a
+    finished run restored. Returns the model and its per-epoch history.
+    """
+    n_train = len(data.train_labels)
+    train = BatchLoader(
+        data.train_images,
+        data.train_labels,
+        recipe.batch_size,
+        shuffle=True,
+        seed=seed,
+        normalize="unit",
+        device=device,
+    )
+    test = BatchLoader(data.test_images, data.test_labels, recipe.eval_batch_size, normalize="unit", device=device)
+    set_seed(seed)
+    model = BaselineCNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    checkpoint = Path(run_dir) / f"baseline_seed{seed}_e{recipe.epochs}_b{recipe.batch_size}_n{n_train}.pt"
+    history = fit(
+        model,
+        train,
+        test,
+        epochs=recipe.epochs,
+        optimizer=optimizer,
+        device=device,
+        checkpoint=checkpoint,
+        verbose=verbose,
+    )
+    return model, history
+
+
+def baseline_history(
+    results_dir: str | os.PathLike[str],
+    data: CIFAR10Data,
+    *,
+    epochs: int,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    run_dir: str | os.PathLike[str],
+    verbose: bool = True,
+) -> tuple[pd.DataFrame, str]:
+    """History of the paper's baseline CNN and where it came from.
+
+    ``results_dir/baseline.csv`` (written by notebook 01) when it holds ``epochs``
+    epochs; otherwise the baseline is trained here with notebook 01's protocol
+    (:func:`train_baseline`), resumably, and the second value says so.
+    """
+    path = Path(results_dir) / RESULT_FILES["baseline"].name
+    reason = "not found"
+    if path.exists():
+        history = pd.read_csv(path)
+        if len(history) == epochs:
+            return history, f"notebook 01 ({path.name})"
+        reason = f"has {len(history)} epochs, not {epochs}"
+    _, history = train_baseline(
+        data, recipe=BASELINE.replace(epochs=epochs), seed=seed, device=device, run_dir=run_dir, verbose=verbose
+    )
+    return history, f"trained here with notebook 01's protocol ({path.name} {reason})"
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def histories_frame(runs: Sequence[Run]) -> pd.DataFrame:
+    """All runs' per-epoch histories in one long table with ``method``, ``sparsity`` and ``seed`` columns."""
+    if not runs:
+        raise ValueError("runs is empty")
+    frames = []
+    for run in runs:
+        frame = run.history.copy()
+        frame.insert(0, "seed", run.seed)
+        frame.insert(0, "sparsity_target", math.nan if run.sparsity is None else run.sparsity)
+        frame.insert(0, "method", run.method)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def mean_history(runs: Sequence[Run]) -> pd.DataFrame:
+    """Per-epoch mean over ``runs`` (e.g. the seeds of one method) of every numeric history column."""
+    if not runs:
+        raise ValueError("runs is empty")
+    frame = pd.concat([r.history for r in runs], ignore_index=True)
+    return frame.groupby("epoch", as_index=False).mean(numeric_only=True)
+
+
+def find_run(runs: Sequence[Run], method: str, sparsity: float | None = None, seed: int | None = None) -> Run:
+    """The run of ``method`` at target ``sparsity`` (None: any) and ``seed`` (None: the first)."""
+    for run in runs:
+        if (
+            run.method == method
+            and (sparsity is None or run.sparsity == sparsity)
+            and (seed is None or run.seed == seed)
+        ):
+            return run
+    raise ValueError(f"no run of method={method!r}, sparsity={sparsity!r}, seed={seed!r}")
+
+
+def run_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """One row per run: final, best and training accuracy, the sparsity measured on its weights
+    (:func:`~dynprune_lib.efficiency.sparsity_summary`: sparse layers, convolutions, linear
+    layers, all weights), its training time and training precision."""
+    rows = []
+    for run in runs:
+        s = sparsity_summary(run.model)
+        rows.append(
+            {
+                "method": run.method,
+                "sparsity_target": math.nan if run.sparsity is None else run.sparsity,
+                "seed": run.seed,
+                "final_test_acc": float(run.history["test_acc"].iloc[-1]),
+                "best_test_acc": float(run.history["test_acc"].max()),
+                "final_train_acc": float(run.history["train_acc"].iloc[-1]),
+                "sparse_layer_sparsity": s["sparse_layers"],
+                "conv_sparsity": s["conv"],
+                "linear_sparsity": s["linear"],
+                "weight_sparsity": s["all"],
+                "epochs": len(run.history),
+                "seconds_per_epoch": float(run.history["seconds"].mean()),
+                "train_minutes": run.train_seconds / 60,
+                "precision": run.config.precision,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def method_table(runs: Sequence[Run], *, baseline: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per method: accuracy over seeds (final: mean, standard deviation, min, max;
+    best; training), the sparsity measured on the weights and training time (means).
+
+    ``baseline`` (the history of the paper's dense baseline CNN) adds its row.
+    """
+    if not runs:
+        raise ValueError("runs is empty")
+    per_run = run_table(runs)
+    if baseline is not None:
+        per_run = pd.concat(
+            [
+                per_run,
+                pd.DataFrame(
+                    [
+                        {
+                            "method": "baseline",
+                            "seed": -1,
+                            "final_test_acc": float(baseline["test_acc"].iloc[-1]),
+                            "best_test_acc": float(baseline["test_acc"].max()),
+                            "final_train_acc": float(baseline["train_acc"].iloc[-1]),
+                            "conv_sparsity": 0.0,
+                            "linear_sparsity": 0.0,
+                            "weight_sparsity": 0.0,
+                            "epochs": len(baseline),
+                            "seconds_per_epoch": float(baseline["seconds"].mean()),
+                            "train_minutes": float(baseline["seconds"].sum()) / 60,
+                            "precision": "fp32",  # notebook 01 and baseline_history train with fit's default
+                        }
+                    ]
+                ),
+            ],
+            ignore_index=True,
+        )
+    table = (
+        per_run.groupby("method", sort=False)
+        .agg(
+            seeds=("seed", "size"),
+            final_test_acc=("final_test_acc", "mean"),
+            final_test_acc_std=("final_test_acc", "std"),
+            final_test_acc_min=("final_test_acc", "min"),
+            final_test_acc_max=("final_test_acc", "max"),
+            best_test_acc=("best_test_acc", "mean"),
+            final_train_acc=("final_train_acc", "mean"),
+            conv_sparsity=("conv_sparsity", "mean"),
+            sparse_layer_sparsity=("sparse_layer_sparsity", "mean"),
+            weight_sparsity=("weight_sparsity", "mean"),
+            epochs=("epochs", "first"),
+            seconds_per_epoch=("seconds_per_epoch", "mean"),
+            train_minutes=("train_minutes", "mean"),
+            precision=("precision", "first"),
+        )
+        .reset_index()
+    )
+    table.insert(1, "description", [METHOD_LABELS.get(m, m) for m in table["method"]])
+    return table
+
+
+def target_table(
+    run: Run, *, experiment: str = "dynamic_cnn", time_budget_minutes: float | None = None
+) -> pd.DataFrame:
+    """Whether ``run`` meets this reproduction's goals for the DSR CNN: final test accuracy at
+    least the paper's final one, at least ``run.sparsity`` of the convolution (CNN) or linear (MLP) weights zero,
+    and (optionally) training within ``time_budget_minutes``. Every number is computed."""
+    summary = sparsity_summary(run.model)
+    scope = run.config.sparsity_scope
+    final = float(run.history["test_acc"].iloc[-1])
+    rows = [
+        {
+            "criterion": "final test accuracy >= the paper's final",
+            "required": PAPER[experiment]["final test_acc"],
+            "ours": final,
+        },
+        {
+            "criterion": f"fraction of {scope} weights that are zero",
+            "required": run.sparsity,
+            "ours": summary["conv" if scope == "conv" else "linear"],
+        },
+    ]
+    if time_budget_minutes is not None:
+        rows.append(
+            {
+                "criterion": "training wall time, minutes (at most)",
+                "required": time_budget_minutes,
+                "ours": run.train_seconds / 60,
+            }
+        )
+    table = pd.DataFrame(rows)
+    at_most = table["criterion"].str.contains("at most")
+    table["met"] = (table["ours"] >= table["required"]).where(~at_most, table["ours"] <= table["required"])
+    return table
+
+
+def _tagged(run: Run, table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the run's method, target sparsity, seed and measured sparsity in front."""
+    return pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "method": run.method,
+                    "sparsity_target": math.nan if run.sparsity is None else run.sparsity,
+                    "seed": run.seed,
+                    "sparsity": sparsity_summary(run.model)["sparse_layers"],
+                },
+                index=table.index,
+            ),
+            table,
+        ],
+        axis=1,
+    )
+
+
+def run_latency(
+    runs: Sequence[Run], *, methods: Sequence[str] | None = None, device: str | torch.device = "cpu"
+) -> pd.DataFrame:
+    """:func:`~dynprune_lib.efficiency.latency_table` of each run's model (those of ``methods``;
+    default all) at its config's ``latency_batches``, tagged with the run (:func:`_tagged`)."""
+    chosen = [run for run in runs if methods is None or run.method in methods]
+    if not chosen:
+        raise ValueError(f"no run of methods {list(methods or [])}; runs have {sorted({r.method for r in runs})}")
+    return pd.concat(
+        [
+            _tagged(
+                run,
+                latency_table(run.model, run.config.latency_batches, seconds=run.config.latency_seconds, device=device),
+            )
+            for run in chosen
+        ],
+        ignore_index=True,
+    )
+
+
+def run_storage(runs: Sequence[Run], directory: str | os.PathLike[str]) -> pd.DataFrame:
+    """:func:`~dynprune_lib.efficiency.storage_table` of every run's model (files under
+    ``directory``), tagged with the run (:func:`_tagged`)."""
+    return pd.concat(
+        [_tagged(run, storage_table(run.model, directory, name=run.checkpoint.stem)) for run in runs], ignore_index=True
+    )
+
+
+def inference_sweep(
+    sources: Mapping[str, Run],
+    test_loader: BatchLoader,
+    *,
+    sparsities: Sequence[float] | None = None,
+    device: str | torch.device = "cpu",
+) -> pd.DataFrame:
+    """Each source run's model with its sparsity raised at inference to every one of
+    ``sparsities`` (default: its config's ``inference_sparsities``), without retraining:
+    accuracy and dense-vs-CSR latency per point
+    (:func:`~dynprune_lib.efficiency.inference_sparsity_sweep`), with a ``source`` column."""
+    frames = []
+    for name, run in sources.items():
+        targets = run.config.inference_sparsities if sparsities is None else sparsities
+        frame = inference_sparsity_sweep(
+            run.model,
+            test_loader,
+            targets,
+            latency_batches=run.config.latency_batches,
+            seconds=run.config.latency_seconds,
+            device=device,
+        )
+        frame.insert(0, "source", name)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def inference_sources(runs: Sequence[Run], *, sparsity: float | None = None) -> dict[str, Run]:
+    """The trained models whose sparsity notebook 03 raises at inference: the dense model and
+    the DSR model trained at ``sparsity`` (default: the lowest it was trained at), by name."""
+    dsr = [run.sparsity for run in runs if run.method == "dsr"]
+    if not dsr:
+        raise ValueError("runs hold no DSR run")
+    sparsity = min(dsr) if sparsity is None else sparsity
+    return {"dense MLP": find_run(runs, "dense"), f"DSR MLP trained at {sparsity:g}": find_run(runs, "dsr", sparsity)}
+
+
+def experiment_conditions(runs: Sequence[Run], data: CIFAR10Data, device: str | torch.device) -> dict[str, object]:
+    """:func:`~.paper.run_conditions` of ``runs`` (one configuration, its seeds): data, epochs,
+    seeds, network, the sparsity measured on the first run's weights, device and hardware (the
+    read-back adds the training precision from the methods table)."""
+    if not runs:
+        raise ValueError("runs is empty")
+    config = runs[0].config
+    network = ("DynamicCNN " if config.model == "cnn" else "MLP ") + "-".join(map(str, config.widths))
+    scope = config.sparsity_scope
+    return run_conditions(
+        data,
+        device,
+        epochs=config.epochs,
+        seeds=sorted({run.seed for run in runs}),
+        network=network,
+        **{f"{scope}_sparsity": round(sparsity_summary(runs[0].model)[scope], 4)},
+    )
+
+
+def sparsity_claim_table(runs: pd.DataFrame, inference: pd.DataFrame, *, method: str = "dsr") -> pd.DataFrame:
+    """Test accuracy at each sparsity: retrained (``run_table`` rows of ``method``, mean over
+    seeds) beside every inference-time source (``inference_sweep``), and their differences."""
+    retrained = runs[runs["method"] == method].groupby("sparsity_target")["final_test_acc"].mean().rename("retrained")
+    per_source = inference.drop_duplicates(["source", "sparsity_target"]).pivot(
+        index="sparsity_target", columns="source", values="test_acc"
+    )
+    table = pd.concat([retrained, per_source], axis=1).sort_index()
+    for source in per_source.columns:
+        table[f"{source} - retrained"] = table[source] - table["retrained"]
+    return table.rename_axis("sparsity").reset_index()
