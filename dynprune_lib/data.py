@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import codecs
 import functools
-import hashlib
 import io
-import json
 import math
 import os
 import pickle
@@ -41,7 +39,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ._utils import atomic_write, check_int, progress_enabled
+from ._utils import atomic_write, check_int, content_key, progress_enabled
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -566,11 +564,8 @@ def _fingerprint(source: _Source) -> list[Any]:
 def _cache_entry(source: _Source, cache_dir: Path) -> tuple[Path, str]:
     """Cache file for the source and the key it must hold (path + files' sizes and mtimes)."""
     resolved = str(source.path.resolve())
-    path_id = hashlib.sha256(resolved.encode()).hexdigest()[:12]
-    key = hashlib.sha256(
-        json.dumps([_CACHE_FORMAT_VERSION, source.kind, resolved, _fingerprint(source)]).encode()
-    ).hexdigest()
-    return cache_dir / f"cifar10-{path_id}-{key[:16]}.pt", key
+    key = content_key(_CACHE_FORMAT_VERSION, source.kind, resolved, _fingerprint(source), length=40)
+    return cache_dir / f"cifar10-{content_key(resolved, length=12)}-{key[:16]}.pt", key
 
 
 def _valid_arrays(arrays: Any) -> bool:
