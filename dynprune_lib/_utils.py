@@ -195,32 +195,38 @@ def time_interleaved(
     repeats: int,
     budget_s: float | None = None,
     warmup: int = 1,
+    block: int = 1,
     device: torch.device | str | None = None,
 ) -> dict[str, list[float]]:
     """Seconds of single calls of each function, measured in alternation.
 
-    Every round calls each function once, in turn, so a load change on a shared
-    machine hits all of them alike; after ``warmup`` untimed rounds at most
-    ``repeats`` rounds run (at least 3), fewer when ``budget_s`` seconds would
-    be exceeded. Callers reduce the lists: the minimum estimates what a kernel
-    costs (other processes only add time), the median what a user sees.
+    Every round calls each function ``block`` times, in turn, so a load change
+    on a shared machine hits all of them alike (``block > 1`` lets a runtime
+    with its own thread pool warm it up before its calls are timed); after
+    ``warmup`` untimed rounds at most ``repeats`` rounds run (at least 3), fewer
+    when ``budget_s`` seconds would be exceeded. Callers reduce the lists: the
+    minimum estimates what a kernel costs (other processes only add time), the
+    median what a user sees.
     """
     device = None if device is None else torch.device(device)
     check_int(repeats, "repeats", 1)
+    check_int(block, "block", 1)
     for _ in range(max(warmup, 0)):
         for fn in fns.values():
-            fn()
+            for _ in range(block):
+                fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     rounds = max(3, repeats)
     for i in range(rounds):
         for name, fn in fns.items():
-            _synchronize(device)
-            start = time.perf_counter()
-            fn()
-            _synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            for _ in range(block):
+                _synchronize(device)
+                start = time.perf_counter()
+                fn()
+                _synchronize(device)
+                times[name].append(time.perf_counter() - start)
         if i == 0 and budget_s is not None:
-            per_round = sum(t[0] for t in times.values())
+            per_round = sum(sum(t) for t in times.values())
             rounds = max(3, min(repeats, int(budget_s / max(per_round, 1e-9))))
         if i + 1 >= rounds:
             break

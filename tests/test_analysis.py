@@ -78,7 +78,7 @@ def _write_results(
         {
             "batch": [1],
             "dense_ms": [1.0],
-            "csr_ms": [1.0 / speedup],
+            "sparse_ms": [1.0 / speedup],
             "speedup": [speedup],
             "threads": [2],
             "device": ["cpu"],
@@ -115,7 +115,7 @@ def _write_results(
             "sparsity": [0.0, 0.9, 0.9],
             "batch": [1, 1, 1],
             "dense_ms": [1.0, 1.0, 1.0],
-            "csr_ms": [1.0, 0.5, 0.5],
+            "sparse_ms": [1.0, 0.5, 0.5],
             "speedup": [1.0, 2.0, 2.0],
             "threads": [2] * 3,
             "device": ["cpu"] * 3,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
 import dynprune_lib as dp
+from dynprune_lib import study
 from dynprune_lib.layers import sparse_modules
 from dynprune_lib.study import efficiency as ef
 
@@ -76,14 +78,59 @@ def test_storage_table_csr_is_smaller_and_lossless(tmp_path):
     assert torch.equal(loaded(x), model(x))
 
 
-def test_latency_table_times_dense_and_csr():
-    table = ef.latency_table(_sparse_cnn(0.95), (1, 4), input_shape=(3, 16, 16), seconds=0.01, rounds=1)
+def test_latency_table_times_dense_ours_and_the_peers():
+    table = ef.latency_table(
+        _sparse_cnn(0.95), (1, 4), input_shape=(3, 16, 16), seconds=0.01, rounds=1, peers=("onnxruntime",)
+    )
     assert list(table["batch"]) == [1, 4]
-    assert (table["dense_ms"] > 0).all() and (table["csr_ms"] > 0).all()
-    assert table["speedup"].to_numpy() == pytest.approx((table["dense_ms"] / table["csr_ms"]).to_numpy())
-    assert (table["sparse_layers"] == 2).all()
+    assert (table["dense_ms"] > 0).all() and (table["sparse_ms"] > 0).all()
+    assert table["speedup"].to_numpy() == pytest.approx((table["dense_ms"] / table["sparse_ms"]).to_numpy())
+    ort_ms = table["onnxruntime_ms"].to_numpy()
+    assert table["onnxruntime_speedup"].to_numpy() == pytest.approx(table["dense_ms"].to_numpy() / ort_ms)
+    assert (table["layers"] == 4).all() and (table["conversion_s"] > 0).all()  # 2 sparse, 1 dense conv, 1 linear
     with pytest.raises(ValueError, match="batch"):
         ef.latency_table(_sparse_cnn(), (0,))
+
+
+def test_a_missing_peer_is_named_and_the_measurement_goes_on(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_sparseprop(name, *args, **kwargs):
+        if name.startswith("sparseprop"):
+            raise ImportError("No module named 'sparseprop'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sparseprop)
+    table = ef.latency_table(_sparse_cnn(0.9), (2,), input_shape=(3, 16, 16), seconds=0.01, rounds=1,
+                             peers=("sparseprop",))
+    assert table["sparseprop_ms"].isna().all() and "sparseprop: not installed" in table["peers_missing"].iloc[0]
+    assert table["sparse_ms"].iloc[0] > 0
+    with pytest.raises(ValueError, match="unknown peers"):
+        study.peer_runners(_sparse_cnn(), torch.randn(1, 3, 16, 16), ("tensorrt",))
+
+
+def test_random_masks_set_every_sparse_layer_to_the_sparsity_and_leave_the_model():
+    model = _sparse_cnn(0.5)
+    before = copy.deepcopy(model.state_dict())
+    masked = ef.with_random_masks(model, 0.95, seed=3)
+    for _, layer in sparse_modules(masked):
+        assert abs(float((layer.weight == 0).float().mean()) - 0.95) < 0.01  # live weights are non-zero
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    sweep = ef.latency_sweep(model, (0.5, 0.9), (1,), input_shape=(3, 16, 16), seconds=0.01)
+    assert list(sweep["sparsity"]) == [0.5, 0.9] and (sweep["sparse_ms"] > 0).all()
+
+
+def test_latency_goals_are_checked_on_the_sweep_with_their_numbers():
+    sweep = pd.DataFrame({"sparsity": [0.5, 0.9, 0.95, 0.95], "batch": [64, 64, 1, 64], "threads": 2,
+                          "speedup": [0.9, 3.5, 2.0, 6.0]})
+    goals = ef.latency_goals(sweep, "DynamicCNN")
+    assert goals["met"].tolist() == [True, False, True, False]  # 0.95/64, 0.95/1, 0.9/64, never slower
+    assert goals["measured"].tolist() == [6.0, 2.0, 3.5, 0.9]
+    sentence = ef.goals_sentence(goals)
+    assert sentence.startswith("2 of 4 goals met") and "missed" in sentence and "2.00x" in sentence
+    assert ef.latency_goals(sweep.assign(speedup=1.0), "MLP")["met"].isna().sum() == 1  # no MLP row at batch 1, 0.9
 
 
 def test_inference_sparsity_sweep_changes_sparsity_without_touching_the_model():
@@ -99,7 +146,7 @@ def test_inference_sparsity_sweep_changes_sparsity_without_touching_the_model():
     timed = ef.inference_sparsity_sweep(
         model, loader, [0.9], latency_batches=(2,), input_shape=(3, 16, 16), seconds=0.01
     )
-    assert list(timed["batch"]) == [2] and timed["csr_ms"].iloc[0] > 0
+    assert list(timed["batch"]) == [2] and timed["sparse_ms"].iloc[0] > 0
 
 
 # --------------------------------------------------------------------------- DynamicCNN options

@@ -334,7 +334,7 @@ def test_inference_sweep_and_run_latency_label_their_rows(tmp_path):
     assert list(sweep["source"]) == ["dense", "dense"] and list(sweep["sparsity_target"]) == [0.5, 0.9]
     assert sweep["sparsity"].to_numpy() == pytest.approx([0.5, 0.9], abs=1e-3)
     latency = study.run_latency(runs)
-    assert list(latency["method"]) == ["dense", "dsr"] and (latency["csr_ms"] > 0).all()
+    assert list(latency["method"]) == ["dense", "dsr"] and (latency["sparse_ms"] > 0).all()
     assert list(study.run_latency(runs, methods=["dsr"])["method"]) == ["dsr"]
     with pytest.raises(ValueError, match="no run of methods"):
         study.run_latency(runs, methods=["rigl"])

@@ -1,4 +1,4 @@
-"""Sparse inference (CSR kernels) and the models the benchmarks use."""
+"""Sparse inference: every kernel against dense PyTorch, the graph rewrite, the per-layer choice, ONNX."""
 
 from __future__ import annotations
 
@@ -20,63 +20,198 @@ from dynprune_lib import (
     WideResNet,
     densify,
     inference,
+    kernels,
+    sparsify,
     to_sparse_inference,
 )
-from dynprune_lib.inference import LayerChoice, SparseConv2d, SparseLinear
-from dynprune_lib.models import _WideBasic
+from dynprune_lib.inference import (
+    FusedConv2d,
+    FusedLinear,
+    LayerChoice,
+    SparseConv2d,
+    SparseLinear,
+    TorchSparseConv2d,
+    TorchSparseLinear,
+    export_onnx,
+    prepare_for_inference,
+)
 
-pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
-ALWAYS_SPARSE = dict(margin=math.inf, repeats=1)  # timing still runs, the sparse kernel always wins
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta"),
+    pytest.mark.usefixtures("one_thread"),
+]
+ALWAYS_SPARSE = dict(margin=math.inf, repeats=1, budget_s=0.0)  # timing still runs, the sparse kernel always wins
+needs_numba = pytest.mark.skipif(not kernels.available(), reason="needs numba")
 
 
 def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
     return a.shape == b.shape and bool((a - b).abs().max() <= tol * max(1.0, b.abs().max().item()))
 
 
-# --------------------------------------------------------------------------- layers
-
-
-@pytest.mark.parametrize("batch", [1, 5])
-@pytest.mark.parametrize("bias", [True, False])
-def test_sparse_linear_matches_dense(batch, bias):
-    torch.manual_seed(0)
-    layer = DynamicLinear(40, 24, initial_sparsity=0.8, bias=bias).eval()
-    sparse = SparseLinear.from_dense(layer)
+def _pruned(module: nn.Module, sparsity: float, seed: int = 0) -> nn.Module:
+    """``module`` with a random ``sparsity`` of its weights set to zero (plain layer: the oracle is F.conv2d)."""
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for shape in [(batch, 40), (batch, 3, 40)]:
-            x = torch.randn(shape)
-            assert close(sparse(x), layer(x))
+        module.weight.mul_((torch.rand(module.weight.shape, generator=g) >= sparsity).float())
+    return module
 
 
-@settings(max_examples=25, deadline=None)
+# --------------------------------------------------------------------------- the Numba kernels
+
+
+@needs_numba
+@settings(max_examples=60, deadline=None)
 @given(
-    batch=st.integers(1, 3),
-    channels=st.integers(1, 5),
-    out_channels=st.integers(1, 6),
-    size=st.integers(9, 13),  # at least the largest dilated kernel
-    kernel=st.sampled_from([1, 2, 3, (3, 1), (2, 5)]),
+    batch=st.sampled_from([1, 3]),
+    groups_channels=st.sampled_from([(1, 3, 5), (2, 4, 6), (4, 4, 4), (3, 6, 3)]),  # (groups, in, out)
+    size=st.integers(9, 12),
+    kernel=st.sampled_from([1, 3, (3, 1), (2, 5)]),
     stride=st.sampled_from([1, 2, (1, 2)]),
-    padding=st.sampled_from([0, 1, (2, 0)]),
+    padding=st.sampled_from([0, 1, (2, 0), "same"]),
     dilation=st.sampled_from([1, 2]),
     bias=st.booleans(),
-    sparsity=st.sampled_from([0.0, 0.5, 0.95]),
+    sparsity=st.sampled_from([0.0, 0.5, 0.95, 1.0]),
+    pool=st.booleans(),
+    relu=st.booleans(),
 )
-def test_sparse_conv_matches_conv2d(
-    batch, channels, out_channels, size, kernel, stride, padding, dilation, bias, sparsity
+def test_sparse_conv_equals_conv2d(
+    batch, groups_channels, size, kernel, stride, padding, dilation, bias, sparsity, pool, relu
 ):
-    conv = DynamicConv2d(
-        channels, out_channels, kernel, stride, padding, dilation, bias=bias, initial_sparsity=sparsity
-    )
-    x = torch.randn(batch, channels, size, size + 1)
+    groups, cin, cout = groups_channels
+    if padding == "same" and stride != 1:
+        stride = 1  # PyTorch defines "same" for stride 1 only
+    conv = _pruned(nn.Conv2d(cin, cout, kernel, stride, padding, dilation, groups=groups, bias=bias), sparsity)
+    x = torch.randn(batch, cin, size, size + 1)
     with torch.no_grad():
-        assert close(SparseConv2d.from_dense(conv)(x), conv(x))
+        expected = conv(x)
+        if pool and min(expected.shape[-2:]) < 2:
+            pool = False
+        expected = F.max_pool2d(expected, 2) if pool else expected
+        expected = F.relu(expected) if relu else expected
+        assert close(SparseConv2d(conv, pool=pool, relu=relu)(x), expected)
 
 
-def test_sparse_conv_rejects_what_it_cannot_compute():
-    with pytest.raises(ValueError):
-        SparseConv2d(DynamicConv2d(4, 4, 3, groups=2))
-    with pytest.raises(ValueError):
-        SparseConv2d(DynamicConv2d(4, 4, 3, padding="same"))
+@needs_numba
+def test_sparse_conv_all_zero_channels_dense_layer_and_both_layouts():
+    conv = nn.Conv2d(8, 6, 3, padding=1)
+    with torch.no_grad():
+        conv.weight[2].zero_()  # an output channel with no weight: its output is its bias
+    x = torch.randn(2, 8, 16, 16)
+    sparse = SparseConv2d(conv)
+    with torch.no_grad():
+        assert close(sparse(x), conv(x)) and sparse.nnz == 5 * 8 * 9  # fully dense otherwise
+        assert torch.equal(sparse(x)[:, 2], conv.bias[2].expand(2, 16, 16))
+        for mode_input in (torch.randn(64, 8, 2, 2), torch.randn(1, 8, 40, 40)):  # im2col, then the flat grid
+            assert close(sparse(mode_input), conv(mode_input))
+    assert {plan.flat for plan in sparse._plans.values()} == {True, False}
+
+
+@needs_numba
+@settings(max_examples=30, deadline=None)
+@given(
+    batch=st.sampled_from([1, 2, 17]),
+    sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]),
+    bias=st.booleans(),
+    relu=st.booleans(),
+    lead=st.sampled_from([(), (3,)]),
+)
+def test_sparse_linear_equals_linear(batch, sparsity, bias, relu, lead):
+    layer = _pruned(nn.Linear(40, 24, bias=bias), sparsity)
+    x = torch.randn(batch, *lead, 40)
+    with torch.no_grad():
+        expected = F.relu(layer(x)) if relu else layer(x)
+        assert close(SparseLinear(layer, relu=relu)(x), expected)
+
+
+@needs_numba
+def test_kernels_reject_inputs_they_cannot_compute():
+    conv, linear = SparseConv2d(nn.Conv2d(4, 4, 3)), SparseLinear(nn.Linear(6, 2))
+    with pytest.raises(TypeError, match="float32"):
+        conv(torch.randn(1, 4, 8, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="4 on axis 1"):
+        conv(torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="smaller than the dilated kernel"):
+        conv(torch.randn(1, 4, 2, 2))
+    with pytest.raises(ValueError, match="6 on axis -1"):
+        linear(torch.randn(2, 5))
+    with pytest.raises(TypeError, match="float32"):
+        linear(torch.ones(2, 6, dtype=torch.int64))
+    with pytest.raises(ValueError, match="zero padding"):
+        SparseConv2d(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))
+
+
+@needs_numba
+def test_kernels_give_the_same_numbers_on_one_and_two_threads():
+    conv = _pruned(nn.Conv2d(16, 32, 3, padding=1), 0.9)
+    x = torch.randn(8, 16, 16, 16)
+    sparse = SparseConv2d(conv, pool=True, relu=True)
+    one = sparse(x)
+    torch.set_num_threads(2)
+    assert torch.equal(sparse(x), one)  # rows are independent: threads never split a sum
+
+
+def test_torch_sparse_fallback_layers_equal_dense():
+    conv = _pruned(nn.Conv2d(3, 5, 3, padding=1), 0.8)
+    linear = _pruned(nn.Linear(12, 7), 0.8)
+    x, v = torch.randn(2, 3, 8, 8), torch.randn(3, 12)
+    with torch.no_grad():
+        assert close(TorchSparseConv2d(conv, pool=True, relu=True)(x), F.relu(F.max_pool2d(conv(x), 2)))
+        assert close(TorchSparseLinear(linear, relu=True)(v), F.relu(linear(v)))
+        assert close(TorchSparseLinear(linear)(v[:1]), linear(v[:1]))
+
+
+# --------------------------------------------------------------------------- the graph rewrite
+
+
+def _with_bn_statistics(model: nn.Module, shape=(8, 3, 8, 8)) -> nn.Module:
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(shape))
+    return model.eval()
+
+
+def test_prepare_folds_batchnorm_and_fuses_pool_and_relu():
+    torch.manual_seed(0)
+    model = _with_bn_statistics(DynamicCNN(widths=(8, 16), sparsity=0.9, convs_per_stage=1, pool_before_norm=True))
+    prepared, notes = prepare_for_inference(model)
+    blocks = [m for m in prepared.modules() if isinstance(m, FusedConv2d)]
+    assert [(b.pool, b.relu) for b in blocks] == [(True, True), (True, True)]  # conv-pool-BN-ReLU in one block
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in prepared.modules())
+    assert not any(isinstance(m, (DynamicConv2d, DynamicLinear)) for m in prepared.modules())
+    assert sum("BatchNorm, max pool, ReLU" in n for n in notes) == 2
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        assert close(prepared(x), model(x))
+
+
+def test_batchnorm_with_a_negative_scale_is_not_folded_across_a_pool():
+    torch.manual_seed(0)
+    model = _with_bn_statistics(DynamicCNN(widths=(8,), sparsity=0.5, convs_per_stage=1, pool_before_norm=True))
+    with torch.no_grad():
+        model.features[2].weight[3] = -1.0  # max pool and this channel's affine map no longer commute
+    prepared, _ = prepare_for_inference(model)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in prepared.modules())
+    assert [(b.pool, b.relu) for b in prepared.modules() if isinstance(b, FusedConv2d)] == [(True, False)]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert close(prepared(x), model(x))
+
+
+def test_an_untraceable_model_is_converted_layer_by_layer_and_says_so():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = DynamicLinear(8, 4, initial_sparsity=0.9)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else -self.fc(x)  # data-dependent: fx cannot trace it
+
+    model = Branchy().eval()
+    with pytest.warns(RuntimeWarning, match="torch.fx could not trace"):
+        converted = to_sparse_inference(model, torch.ones(2, 8), **ALWAYS_SPARSE)
+    for x in (torch.ones(2, 8), -torch.ones(2, 8)):
+        with torch.no_grad():
+            assert close(converted(x), model(x))
 
 
 # --------------------------------------------------------------------------- whole models
@@ -90,12 +225,11 @@ def models() -> dict[str, nn.Module]:
     cnn = DynamicCNN(widths=(8, 16), sparsity=0.9)
     wrn = WideResNet(depth=10, widen_factor=1, sparse=True, sparsity=0.9)
     for model in (cnn, wrn):  # non-trivial BatchNorm statistics
-        model.train()
-        with torch.no_grad():
-            model(torch.randn(8, 3, 8, 8))
+        _with_bn_statistics(model)
     return {"mlp": mlp.eval(), "cnn": cnn.eval(), "wrn": wrn.eval()}
 
 
+@needs_numba
 @pytest.mark.parametrize("name", ["mlp", "cnn", "wrn"])
 @pytest.mark.parametrize("batch", [1, 4])
 def test_converted_model_matches_dense(models, name, batch):
@@ -105,13 +239,31 @@ def test_converted_model_matches_dense(models, name, batch):
     converted = to_sparse_inference(model, x, report=report, **ALWAYS_SPARSE)
     with torch.no_grad():
         assert close(converted(x), model(x))
-    n_sparse = sum(1 for m in model.modules() if getattr(m, "mask", None) is not None)
-    assert len(report) == n_sparse and all(choice.sparse for choice in report)
+    n_layers = sum(1 for m in densify(copy.deepcopy(model)).modules() if type(m) in (nn.Conv2d, nn.Linear))
+    assert len(report) == n_layers and all(c.sparse and c.backend == "numba" for c in report)
     kinds = [type(m) for m in converted.modules()]
-    assert kinds.count(SparseLinear) + kinds.count(SparseConv2d) == n_sparse
+    assert kinds.count(SparseLinear) + kinds.count(SparseConv2d) == n_layers
     assert not any(isinstance(m, (DynamicLinear, DynamicConv2d)) for m in converted.modules())
     assert not converted.training
     assert any(isinstance(m, (DynamicLinear, DynamicConv2d)) for m in model.modules())  # original untouched
+
+
+@needs_numba
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+def test_torchvision_models_sparsified_and_converted_equal_the_dense_ones(arch):
+    import torchvision
+
+    torch.manual_seed(0)
+    model = sparsify(getattr(torchvision.models, arch)(num_classes=10), 0.9, include="*")
+    _with_bn_statistics(model, (4, 3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    report: list[LayerChoice] = []
+    converted = to_sparse_inference(model, x, report=report, **ALWAYS_SPARSE)
+    with torch.no_grad():
+        assert close(converted(x), model(x))
+    assert all(c.backend == "numba" for c in report)
+    if arch == "mobilenet_v2":  # depthwise convolutions ran on the sparse kernel too
+        assert any(m.groups > 1 for m in converted.modules() if isinstance(m, SparseConv2d))
 
 
 def test_timing_decides_per_layer(models, monkeypatch):
@@ -124,8 +276,9 @@ def test_timing_decides_per_layer(models, monkeypatch):
         report: list[LayerChoice] = []
         converted = to_sparse_inference(model, x, report=report)
         assert [choice.sparse for choice in report] == [expect_sparse] * 3
-        sparse_layers = [m for m in converted.modules() if isinstance(m, SparseLinear)]
-        dense_layers = [m for m in converted.modules() if type(m) is nn.Linear]
+        assert all(f"{sparse_time / dense_time:.2f}x" in c.reason for c in report)
+        sparse_layers = [m for m in converted.modules() if isinstance(m, (SparseLinear, TorchSparseLinear))]
+        dense_layers = [m for m in converted.modules() if isinstance(m, FusedLinear)]
         assert len(sparse_layers if expect_sparse else dense_layers) == 3
         with torch.no_grad():
             assert close(converted(x), model(x))
@@ -140,98 +293,74 @@ def test_density_rule_without_example_input():
     report: list[LayerChoice] = []
     converted = to_sparse_inference(model, report=report)
     assert [c.sparse for c in report] == [True, False] and report[0].dense_seconds is None
-    assert isinstance(converted[0], SparseLinear) and type(converted[1]) is nn.Linear
+    assert "no example input" in report[0].reason
+    assert isinstance(converted.get_submodule("0"), (SparseLinear, TorchSparseLinear)) and isinstance(
+        converted.get_submodule("1"), FusedLinear
+    )
     x = torch.randn(3, 100)
     with torch.no_grad():
         assert close(converted(x), model(x))
 
 
-def test_unsupported_layers_stay_dense():
-    model = nn.Sequential(DynamicConv2d(4, 4, 3, groups=2, initial_sparsity=0.9), nn.Flatten())
-    converted = to_sparse_inference(model, torch.randn(1, 4, 6, 6), **ALWAYS_SPARSE)
-    assert isinstance(converted[0], DynamicConv2d)
+def test_without_numba_the_fallback_is_torch_sparse_with_a_warning(models, monkeypatch):
+    monkeypatch.setattr(kernels, "numba", None)
+    monkeypatch.setattr(kernels, "_IMPORT_ERROR", "numba is not installed (test)")
+    x = torch.randn(2, 3, 8, 8)
+    report: list[LayerChoice] = []
+    with pytest.warns(RuntimeWarning, match="numba is not installed"):
+        converted = to_sparse_inference(models["cnn"], x, report=report, **ALWAYS_SPARSE)
+    with torch.no_grad():
+        assert close(converted(x), models["cnn"](x))
+    assert {c.backend for c in report} == {"torch.sparse"} and all(
+        c.reason.startswith("torch.sparse (numba missing)") for c in report
+    )
+    with pytest.raises(RuntimeError, match="numba is not installed"):
+        to_sparse_inference(models["cnn"], x, backend="numba")
+    with pytest.raises(RuntimeError, match="needs numba"):
+        SparseLinear(nn.Linear(2, 2))
+
+
+def test_layers_without_a_kernel_stay_dense_and_say_why():
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"), nn.Flatten())
+    report: list[LayerChoice] = []
+    converted = to_sparse_inference(model, torch.randn(1, 4, 6, 6), report=report, **ALWAYS_SPARSE)
+    assert isinstance(converted.get_submodule("0"), FusedConv2d) and "circular" in report[0].reason
+    with pytest.raises(ValueError, match="backend"):
+        to_sparse_inference(model, backend="mkl")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda(models):
     model = copy.deepcopy(models["cnn"]).cuda()
     x = torch.randn(2, 3, 8, 8, device="cuda")
-    converted = to_sparse_inference(model, x, **ALWAYS_SPARSE)
+    report: list[LayerChoice] = []
+    converted = to_sparse_inference(model, x, report=report, **ALWAYS_SPARSE)
     with torch.no_grad():
         assert close(converted(x), model(x))
+    assert all(c.backend in ("torch.sparse", "dense") for c in report)
 
 
-# --------------------------------------------------------------------------- models
-
-
-@pytest.mark.parametrize(
-    "depth, width, published",  # millions, as printed in Zagoruyko & Komodakis (2016)
-    [(28, 10, "36.5"), (28, 2, "1.47"), (16, 4, "2.7"), (16, 8, "11.0"), (40, 4, "8.9")],
-)
-def test_wide_resnet_parameter_counts(depth, width, published):
-    count = sum(p.numel() for p in WideResNet(depth, width).parameters())
-    decimals = len(published.split(".")[1])
-    assert f"{count / 1e6:.{decimals}f}" == published
-
-
-def test_wide_resnet_reference_counts_exact():
-    assert sum(p.numel() for p in WideResNet(28, 2).parameters()) == 1_467_610
-    assert sum(p.numel() for p in WideResNet(28, 2, sparse=True, sparsity=0.5).parameters()) == 1_467_610
-
-
-@pytest.mark.parametrize("in_planes, planes, stride", [(8, 8, 1), (8, 16, 2)])
-def test_wide_resnet_block_is_pre_activation_residual(in_planes, planes, stride):
-    """With its 3x3 convolutions zeroed a block is its shortcut: x, or conv1x1(relu(bn1(x)))."""
-    torch.manual_seed(0)
-    block = _WideBasic(in_planes, planes, stride, 0.0, lambda cin, cout, s: nn.Conv2d(cin, cout, 3, s, padding=1))
-    block.train()
-    x = torch.randn(4, in_planes, 8, 8)
-    block(x)  # BatchNorm statistics
-    block.eval()
-    with torch.no_grad():
-        block.conv1.weight.zero_(), block.conv1.bias.zero_(), block.conv2.weight.zero_(), block.conv2.bias.zero_()
-        expected = x if block.shortcut is None else block.shortcut(torch.relu(block.bn1(x)))
-        assert torch.equal(block(x), expected)
-        block.conv2.bias.fill_(1.0)
-        assert torch.equal(block(x), expected + 1.0)
-
-
-def test_sparse_wide_resnet_masks_only_block_convolutions():
-    torch.manual_seed(0)
-    model = WideResNet(16, 2, sparse=True, sparsity=0.8)
-    masked = {name for name, m in model.named_modules() if getattr(m, "mask", None) is not None}
-    assert masked == {f"blocks.{b}.conv{i}" for b in range(6) for i in (1, 2)}
-    conv = model.blocks[3].conv2
-    assert abs(conv.mask_sparsity - 0.8) < 0.01 and torch.equal(conv.weight == 0, ~conv.mask)
-    with pytest.raises(ValueError):
-        WideResNet(15, 2)
-    with pytest.raises(ValueError):
-        WideResNet(16, 2, sparsity=0.5)  # sparsity needs sparse=True
-
-
-def test_mlp_and_dynamic_cnn():
-    mlp = MLP(sparsity=0.9)
-    layers = [m for m in mlp.modules() if isinstance(m, DynamicLinear)]
-    assert [m.weight.shape[1] for m in layers] == [3072, 1024, 512]
-    assert all(abs(m.mask_sparsity - 0.9) < 0.01 for m in layers)
-    ends = MLP(sparsity=0.9, dense_first_last=True)
-    assert [m.mask is None for m in ends.modules() if isinstance(m, DynamicLinear)] == [True, False, True]
-    assert mlp(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-
-    cnn = DynamicCNN(sparsity=0.95)
-    assert sum(p.numel() for p in cnn.parameters()) == 1_148_874
-    sparse = [m for m in cnn.modules() if isinstance(m, DynamicConv2d)]
-    assert len(sparse) == 5 and all(abs(m.mask_sparsity - 0.95) < 0.01 for m in sparse)
-    assert type(cnn.features[0]) is nn.Conv2d and type(cnn.classifier[-1]) is nn.Linear
-    assert cnn.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-
-
-def test_all_dense_choice_equals_densify(models):
-    """With every layer left dense the result is the benchmark's dense reference (densify)."""
+def test_all_dense_choice_equals_the_prepared_model(models):
+    """With every layer left dense the result is the deployment graph: BatchNorm folded, same function."""
     model = models["cnn"]
     x = torch.randn(2, 3, 8, 8)
-    dense = densify(copy.deepcopy(model)).eval()
-    converted = to_sparse_inference(model, x, margin=0.0, repeats=1)  # never sparse
+    converted = to_sparse_inference(model, x, margin=0.0, repeats=1, budget_s=0.0)  # never sparse
     with torch.no_grad():
-        assert torch.equal(converted(x), dense(x))
+        assert torch.equal(converted(x), prepare_for_inference(model)[0](x))
         assert close(F.softmax(converted(x), 1), F.softmax(model(x), 1))
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "wrn"])
+def test_export_onnx_round_trip_with_onnxruntime(models, name, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = models[name]
+    path = export_onnx(model, tmp_path / f"{name}.onnx", torch.randn(1, 3, 8, 8))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):  # the batch dimension is dynamic
+        x = torch.randn(batch, 3, 8, 8)
+        (got,) = session.run(None, {"input": x.numpy()})
+        with torch.no_grad():
+            assert close(torch.from_numpy(got), model(x))

@@ -105,7 +105,7 @@ def test_accuracy_and_latency_against_sparsity():
             "sparsity": [0.5, 0.9] * 2,
             "batch": [1, 1, 8, 8],
             "dense_ms": [1.0, 1.0, 4.0, 4.0],
-            "csr_ms": [2.0, 0.5, 8.0, 2.0],
+            "sparse_ms": [2.0, 0.5, 8.0, 2.0],
             "source": ["a", "a", "b", "b"],
         }
     )
@@ -116,8 +116,8 @@ def test_accuracy_and_latency_against_sparsity():
         latency.rename(columns={"sparsity": "sparsity_target"}), x="sparsity_target", by="source"
     )
     assert [line.get_label() for line in fig.axes[1].lines][:2] == ["a, batch 1", "b, batch 8"]
-    with pytest.raises(ValueError, match="csr_ms"):
-        plots.plot_latency_vs_sparsity(latency.drop(columns="csr_ms"))
+    with pytest.raises(ValueError, match="sparse_ms"):
+        plots.plot_latency_vs_sparsity(latency.drop(columns="sparse_ms"))
     with pytest.raises(ValueError, match="origin"):
         plots.plot_latency_vs_sparsity(latency, by="origin")
 

@@ -11,6 +11,7 @@ Modules: :mod:`.profiles` (every knob of every workload), :mod:`.paper`
 baseline, DSR CNN, MLP), :mod:`.comparison`, :mod:`.traditional` and
 :mod:`.aspects` (section 4 and Figure 6), :mod:`.efficiency` (sparsity,
 storage and latency measured), :mod:`.results` (every result file),
+:mod:`.peers` (ONNX Runtime and SparseProp, timed beside ours),
 :mod:`.analysis` (the read-back of notebook 05), :mod:`.plots` and
 :mod:`.notebook` (``setup``). The library never imports this package.
 """
@@ -23,6 +24,7 @@ from . import (
     experiments,
     notebook,
     paper,
+    peers,
     plots,
     profiles,
     results,
@@ -35,6 +37,7 @@ from .efficiency import *  # noqa: F403
 from .experiments import *  # noqa: F403
 from .notebook import *  # noqa: F403
 from .paper import *  # noqa: F403
+from .peers import *  # noqa: F403
 from .plots import *  # noqa: F403
 from .profiles import *  # noqa: F403
 from .results import *  # noqa: F403
@@ -48,6 +51,7 @@ _MODULES = (
     experiments,
     notebook,
     paper,
+    peers,
     plots,
     profiles,
     results,

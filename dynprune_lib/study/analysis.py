@@ -169,14 +169,14 @@ def storage_sparsity_table(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
 def latency_sparsity_table(
     results_dir: str | os.PathLike[str], *, methods: tuple[str, ...] = ("dense", "dsr")
 ) -> pd.DataFrame:
-    """Dense vs CSR forward time of the trained models of ``methods`` against their sparsity,
+    """Dense vs sparse-kernel forward time of the trained models of ``methods`` against their sparsity,
     per batch size: every MLP run of notebook 03 and the DSR CNN of notebook 02."""
     mlp = read_result(results_dir, "dynamic_mlp_latency").assign(model="MLP (notebook 03)")
     mlp = mlp[mlp["method"].isin(methods)]
     cnn = read_result(results_dir, "dynamic_cnn_latency")
     methods = read_result(results_dir, "dynamic_cnn_methods").set_index("method")
     cnn = cnn.assign(model="CNN (notebook 02)", method="dsr", sparsity=float(methods.loc["dsr", "conv_sparsity"]))
-    columns = ["model", "method", "sparsity", "batch", "dense_ms", "csr_ms", "speedup", "threads", "device"]
+    columns = ["model", "method", "sparsity", "batch", "dense_ms", "sparse_ms", "speedup", "threads", "device"]
     return pd.concat([cnn[columns], mlp[columns]], ignore_index=True)
 
 
@@ -313,7 +313,7 @@ def claims_table(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
     for r in latency.itertuples():
         add(
             "dynamic pruning improves inference speed",
-            f"dense / CSR forward time, DSR CNN, batch {r.batch}, {r.threads} {r.device} thread(s)",
+            f"PyTorch dense / our sparse forward time, DSR CNN, batch {r.batch}, {r.threads} {r.device} thread(s)",
             r.speedup,
             r.speedup > 1,
             "x",

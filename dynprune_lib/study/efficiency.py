@@ -1,4 +1,4 @@
-"""What pruning buys, measured: sparsity per layer, CSR storage size, inference latency.
+"""What pruning buys, measured: sparsity per layer, CSR storage size, inference latency against the peers.
 
 The paper claims that dynamic pruning shrinks the model (pruned weights stored
 as CSR matrices) and speeds up inference, and that a layer's sparsity can be
@@ -18,6 +18,7 @@ import io
 import math
 import os
 import statistics
+import time
 from collections.abc import Iterable, Sequence
 from functools import partial
 from pathlib import Path
@@ -26,21 +27,26 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .._utils import check_int, check_sparsity, time_interleaved
+from .._utils import check_int, check_sparsity, n_zeros, random_mask, time_interleaved
 from ..csr import ValueMode, plain_csr_nbytes, roundtrip_model, save_sparse
 from ..inference import LayerChoice, to_sparse_inference
 from ..layers import densify, global_magnitude_zeros, sparse_modules
 from ..train import evaluate
 
 __all__ = [
+    "LATENCY_GOALS",
     "accuracy_after_roundtrip",
+    "goals_sentence",
     "inference_sparsity_sweep",
+    "latency_goals",
+    "latency_sweep",
     "latency_table",
     "model_summary",
     "set_global_sparsity",
     "sparsity_summary",
     "sparsity_table",
     "storage_table",
+    "with_random_masks",
 ]
 
 
@@ -192,17 +198,23 @@ def latency_table(
     rounds: int = 3,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    peers: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """Forward latency of ``model`` computed densely vs with CSR kernels where they are faster.
+    """Forward latency of ``model``: PyTorch dense, ours, and the ``peers`` (:mod:`.peers`), per batch size.
 
-    Per batch size: the dense reference is the model with its masked weights in
-    plain ``nn.Conv2d``/``nn.Linear`` layers (:func:`~dynprune_lib.layers.densify`);
-    the sparse one is :func:`~dynprune_lib.inference.to_sparse_inference` given an
-    example batch of that size (it keeps CSR only for layers it timed faster).
-    The two are timed in alternation, single calls, for about ``rounds * seconds``
-    seconds each, and the median is reported. The two outputs are checked to
-    agree (1e-4) before timing.
+    The dense reference is the model with its masked weights in plain
+    ``nn.Conv2d``/``nn.Linear`` layers, run eagerly
+    (:func:`~dynprune_lib.layers.densify`); ours is
+    :func:`~dynprune_lib.inference.to_sparse_inference` given an example batch of
+    that size (BatchNorm folded, epilogues fused, each layer on the kernel it
+    timed faster; ``conversion_s`` is how long that took). All variants are
+    timed in alternation, single calls, for about ``rounds * seconds`` seconds
+    each, and the median is reported with the speed-up over dense. Outputs are
+    checked to agree (1e-4) before timing. A peer that is not installed leaves
+    its columns empty and says why in ``peers_missing``.
     """
+    from .peers import peer_runners
+
     if not batch_sizes:
         raise ValueError("batch_sizes is empty")
     device = torch.device(device)
@@ -214,30 +226,160 @@ def latency_table(
         check_int(batch, "batch size", 1)
         x = torch.randn(batch, *input_shape, generator=generator).to(device)
         report: list[LayerChoice] = []
+        start = time.perf_counter()
         sparse = to_sparse_inference(model, x, report=report)
-        difference = float((sparse(x) - dense(x)).abs().max())
-        if difference > 1e-4 * max(1.0, float(dense(x).abs().max())):
-            raise RuntimeError(f"CSR model output differs from the dense one by {difference:g} at batch {batch}")
+        conversion = time.perf_counter() - start
+        expected = dense(x)
+        difference = float((sparse(x) - expected).abs().max())
+        if difference > 1e-4 * max(1.0, float(expected.abs().max())):
+            raise RuntimeError(
+                f"the sparse model's output differs from the dense one by {difference:g} at batch {batch}"
+            )
+        runners, missing = peer_runners(model, x, tuple(peers)) if peers and device.type == "cpu" else ({}, {})
+        variants = {"dense": partial(dense, x), "sparse": partial(sparse, x), **runners}
+        # Each variant runs a block of calls per turn, about 50 ms: ONNX Runtime, Numba and PyTorch keep
+        # thread pools of their own, and a pool that has just gone to sleep makes the next call slow.
+        once = time_interleaved(variants, repeats=1, warmup=1, device=device)
+        block = max(1, min(50, int(0.05 / max(max(min(t) for t in once.values()), 1e-6))))
         times = time_interleaved(
-            {"dense": partial(dense, x), "sparse": partial(sparse, x)},
-            repeats=100_000,
-            budget_s=2 * rounds * seconds,
-            device=device,
+            variants, repeats=100_000, budget_s=len(variants) * rounds * seconds, block=block, device=device
         )
-        d, s = statistics.median(times["dense"]), statistics.median(times["sparse"])
-        rows.append(
+        median = {name: statistics.median(t) for name, t in times.items()}
+        row = {
+            "batch": batch,
+            "dense_ms": 1e3 * median["dense"],
+            "sparse_ms": 1e3 * median["sparse"],
+            "speedup": median["dense"] / median["sparse"],
+        }
+        for peer in peers:
+            row[f"{peer}_ms"] = 1e3 * median[peer] if peer in median else math.nan
+            row[f"{peer}_speedup"] = median["dense"] / median[peer] if peer in median else math.nan
+        row.update(
             {
-                "batch": batch,
-                "dense_ms": 1e3 * d,
-                "csr_ms": 1e3 * s,
-                "speedup": d / s,
-                "layers_on_csr": sum(c.sparse for c in report),
-                "sparse_layers": len(report),
+                "layers_sparse": sum(c.sparse for c in report),
+                "layers": len(report),
+                "conversion_s": conversion,
                 "threads": torch.get_num_threads(),
                 "device": device.type,
+                "peers_missing": "; ".join(f"{k}: {v}" for k, v in missing.items()),
+            }
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def with_random_masks(model: nn.Module, sparsity: float, *, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` whose every sparse layer has a uniformly random mask at ``sparsity``:
+    the network's shapes and dense parts, at any sparsity, for timing (speed depends on the
+    sparsity pattern's density, not on the weights' values)."""
+    sparsity = check_sparsity(sparsity)
+    model = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    layers = list(sparse_modules(model))
+    if not layers:
+        raise ValueError("model has no sparse DynamicLinear/DynamicConv2d layers")
+    for _, layer in layers:
+        scale = layer.weight.std().clamp_min(1e-3)
+        layer.apply_mask(random_mask(layer.mask.shape, n_zeros(sparsity, layer.weight.numel()), generator=generator))
+        # live weights get random non-zero values (a regrown weight would otherwise start at zero)
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * scale * layer.mask)
+    return model
+
+
+def latency_sweep(
+    model: nn.Module,
+    sparsities: Sequence[float],
+    batch_sizes: Sequence[int],
+    *,
+    input_shape: Sequence[int] = (3, 32, 32),
+    seconds: float = 0.3,
+    device: str | torch.device = "cpu",
+    peers: Sequence[str] = (),
+    seed: int = 0,
+) -> pd.DataFrame:
+    """:func:`latency_table` of ``model`` with random masks (:func:`with_random_masks`) at each of
+    ``sparsities``: latency against sparsity, one row per (sparsity, batch)."""
+    frames = []
+    for sparsity in sparsities:
+        table = latency_table(
+            with_random_masks(model, sparsity, seed=seed),
+            batch_sizes,
+            input_shape=input_shape,
+            seconds=seconds,
+            device=device,
+            peers=peers,
+            seed=seed,
+        )
+        table.insert(0, "sparsity", float(sparsity))
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+#: The inference-speed goals of this reproduction (ours against PyTorch dense, same threads):
+#: (network, sparsity, batch, at least this speed-up). "never slower" is checked on every row.
+LATENCY_GOALS: tuple[tuple[str, float, int, float], ...] = (
+    ("DynamicCNN", 0.95, 64, 5.0),
+    ("DynamicCNN", 0.95, 1, 3.0),
+    ("DynamicCNN", 0.9, 64, 3.0),
+    ("MLP", 0.9, 1, 4.0),
+    ("MLP", 0.9, 64, 3.0),
+)
+#: A sparse run may time up to this much slower than dense and still count as "not slower": timing noise.
+NOISE_ALLOWANCE = 1.05
+
+
+def latency_goals(sweep: pd.DataFrame, network: str) -> pd.DataFrame:
+    """Each goal of :data:`LATENCY_GOALS` for ``network`` against a :func:`latency_sweep` table (which may
+    hold several thread counts), and whether ours was never slower than dense (within the noise allowance)."""
+    rows = []
+    for name, sparsity, batch, required in LATENCY_GOALS:
+        if name != network:
+            continue
+        for threads, part in sweep.groupby("threads"):
+            match = part[(part["sparsity"] == sparsity) & (part["batch"] == batch)]
+            measured = float(match["speedup"].iloc[0]) if len(match) else math.nan
+            rows.append(
+                {
+                    "goal": f"{network} at sparsity {sparsity:g}, batch {batch}: >= {required:g}x dense",
+                    "threads": int(threads),
+                    "required": required,
+                    "measured": measured,
+                    "met": bool(measured >= required) if len(match) else None,
+                }
+            )
+    for threads, part in sweep.groupby("threads"):
+        worst = part.loc[part["speedup"].idxmin()]
+        rows.append(
+            {
+                "goal": f"{network}: never slower than dense (speed-up >= 1/{NOISE_ALLOWANCE:g} at every "
+                f"sparsity and batch measured)",
+                "threads": int(threads),
+                "required": 1 / NOISE_ALLOWANCE,
+                "measured": float(worst["speedup"]),
+                "met": bool(worst["speedup"] >= 1 / NOISE_ALLOWANCE),
             }
         )
     return pd.DataFrame(rows)
+
+
+def goals_sentence(goals: pd.DataFrame) -> str:
+    """One sentence with every goal's measured number: which were met and which were missed, by how much."""
+    met = goals[goals["met"] == True]  # noqa: E712  (a column of bools and None)
+    missed = goals[goals["met"] == False]  # noqa: E712
+    unmeasured = goals[goals["met"].isna()]
+
+    def fmt(rows: pd.DataFrame) -> str:
+        return "; ".join(
+            f"{r.goal} ({r.threads} thread{'s' * (r.threads != 1)}): {r.measured:.2f}x" for r in rows.itertuples()
+        )
+
+    parts = [f"{len(met)} of {len(goals)} goals met" + (f": {fmt(met)}" if len(met) else "")]
+    if len(missed):
+        parts.append(f"missed: {fmt(missed)}")
+    if len(unmeasured):
+        parts.append(f"not measured: {'; '.join(unmeasured['goal'])}")
+    return ". ".join(parts) + "."
 
 
 @torch.no_grad()
@@ -276,7 +418,7 @@ def inference_sparsity_sweep(
     For each target: a copy of ``model`` set to it by :func:`set_global_sparsity`,
     its test loss and accuracy, the sparsity actually reached over its sparse
     layers and, per batch in ``latency_batches``, :func:`latency_table`'s dense and
-    CSR times. One row per (sparsity, batch); without batches, one per sparsity.
+    sparse times. One row per (sparsity, batch); without batches, one per sparsity.
     """
     rows = []
     for target in sparsities:

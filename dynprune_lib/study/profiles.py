@@ -226,6 +226,9 @@ class ExperimentConfig(_Profile):
         they do not change a run, so they are not part of its checkpoint name.
     latency_batches, latency_seconds: batch sizes and seconds of timing per
         variant in latency measurements.
+    latency_sparsities, latency_peers: the sparsities of the latency-against-sparsity
+        sweep (random masks on the network) and the runtimes timed beside ours
+        (:mod:`.peers`: ``"onnxruntime"``, ``"sparseprop"``; those not installed are skipped).
     precision: ``"bf16"`` trains with a bfloat16-autocast forward pass
         (:func:`~dynprune_lib.train.fit`; weights and evaluation stay float32),
         ``"fp32"`` in float32 throughout.
@@ -263,6 +266,10 @@ class ExperimentConfig(_Profile):
     inference_sparsities: tuple[float, ...] = knob((), _tuple_of(check_sparsity))
     latency_batches: tuple[int, ...] = knob((1, 128), _tuple_of(_positive_int))
     latency_seconds: float = knob(0.3, _positive)
+    latency_sparsities: tuple[float, ...] = knob((0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99), _tuple_of(check_sparsity))
+    latency_peers: tuple[str, ...] = knob(
+        ("onnxruntime", "sparseprop"), _tuple_of(_choice("onnxruntime", "sparseprop"))
+    )
     precision: Literal["fp32", "bf16"] = knob("fp32", _choice(*PRECISIONS))
 
     @property
@@ -281,6 +288,8 @@ class ExperimentConfig(_Profile):
             "inference_sparsities",
             "latency_batches",
             "latency_seconds",
+            "latency_sparsities",
+            "latency_peers",
             "eval_batch_size",
         }
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
@@ -291,7 +300,7 @@ _CNN_CPU = ExperimentConfig(
     name="cpu",
     model="cnn",
     widths=(32, 64, 128, 256, 512),
-    latency_batches=(1, 128),
+    latency_batches=(1, 64),
     precision="bf16",
 )
 _MLP_CPU = ExperimentConfig(
@@ -303,6 +312,7 @@ _MLP_CPU = ExperimentConfig(
     augment=False,
     sparsities=(0.5, 0.8, 0.9, 0.95, 0.99),
     inference_sparsities=(0.5, 0.8, 0.9, 0.95, 0.98, 0.99),
+    latency_batches=(1, 64),
 )
 #: Workloads per experiment: ``smoke`` (seconds; the notebook tests), ``cpu`` (the
 #: 2-core reference machine, one seed) and ``gpu`` (the same runs over three seeds).
@@ -317,6 +327,8 @@ EXPERIMENTS: Mapping[str, Mapping[str, ExperimentConfig]] = {
             gradual_every=2,
             latency_batches=(1, 32),
             latency_seconds=0.05,
+            latency_sparsities=(0.5, 0.95),
+            latency_peers=("onnxruntime",),
         ),
         "cpu": _CNN_CPU,
         "gpu": _CNN_CPU.replace(name="gpu", seeds=(0, 1, 2)),
@@ -334,6 +346,8 @@ EXPERIMENTS: Mapping[str, Mapping[str, ExperimentConfig]] = {
             inference_sparsities=(0.5, 0.9, 0.99),
             latency_batches=(1,),
             latency_seconds=0.05,
+            latency_sparsities=(0.5, 0.9),
+            latency_peers=("onnxruntime",),
         ),
         "cpu": _MLP_CPU,
         "gpu": _MLP_CPU.replace(name="gpu", seeds=(0, 1, 2)),
