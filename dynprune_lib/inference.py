@@ -700,8 +700,10 @@ def to_sparse_inference(
     if backend not in ("auto", "numba", "torch.sparse"):
         raise ValueError(f"backend must be 'auto', 'numba' or 'torch.sparse', got {backend!r}")
     prepared, notes = prepare_for_inference(model)
+    all_dense = copy.deepcopy(prepared) if example_input is not None else None
     fused = {n.split(":")[0]: n.split(": fused ")[1] for n in notes if ": fused " in n}
     blocks = [(name, m) for name, m in prepared.named_modules() if isinstance(m, (FusedConv2d, FusedLinear))]
+    choices: list[LayerChoice] = []
     for name, block in blocks:
         core = block.conv if isinstance(block, FusedConv2d) else block.linear
         kind = "conv" if isinstance(block, FusedConv2d) else "linear"
@@ -731,8 +733,22 @@ def to_sparse_inference(
             if choice.sparse:
                 choice.backend = chosen
                 prepared = replace_module(prepared, name, sparse)
-        if report is not None:
-            report.append(choice)
+        choices.append(choice)
+    if all_dense is not None and any(c.sparse for c in choices):
+        # Layers timed one by one can still lose together (runtimes with their own thread pools take
+        # turns): the whole model must beat the all-dense one on the example, or it stays dense.
+        pair = {"dense": partial(all_dense, example_input), "sparse": partial(prepared, example_input)}
+        block = max(1, min(20, int(0.05 / max(min(time_interleaved(pair, repeats=1)["dense"]), 1e-6))))
+        times = time_interleaved(pair, repeats=repeats, budget_s=2 * budget_s, block=block, device=example_input.device)
+        ratio = min(times["sparse"]) / min(times["dense"])
+        if ratio > margin:
+            for choice in choices:
+                if choice.sparse:
+                    choice.sparse, choice.backend = False, "dense"
+                    choice.reason += f"; reverted: the whole model took {ratio:.2f}x the all-dense time"
+            prepared = all_dense
+    if report is not None:
+        report.extend(choices)
     return prepared
 
 

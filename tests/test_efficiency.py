@@ -103,8 +103,9 @@ def test_a_missing_peer_is_named_and_the_measurement_goes_on(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_sparseprop)
-    table = ef.latency_table(_sparse_cnn(0.9), (2,), input_shape=(3, 16, 16), seconds=0.01, rounds=1,
-                             peers=("sparseprop",))
+    table = ef.latency_table(
+        _sparse_cnn(0.9), (2,), input_shape=(3, 16, 16), seconds=0.01, rounds=1, peers=("sparseprop",)
+    )
     assert table["sparseprop_ms"].isna().all() and "sparseprop: not installed" in table["peers_missing"].iloc[0]
     assert table["sparse_ms"].iloc[0] > 0
     with pytest.raises(ValueError, match="unknown peers"):
@@ -123,8 +124,9 @@ def test_random_masks_set_every_sparse_layer_to_the_sparsity_and_leave_the_model
 
 
 def test_latency_goals_are_checked_on_the_sweep_with_their_numbers():
-    sweep = pd.DataFrame({"sparsity": [0.5, 0.9, 0.95, 0.95], "batch": [64, 64, 1, 64], "threads": 2,
-                          "speedup": [0.9, 3.5, 2.0, 6.0]})
+    sweep = pd.DataFrame(
+        {"sparsity": [0.5, 0.9, 0.95, 0.95], "batch": [64, 64, 1, 64], "threads": 2, "speedup": [0.9, 3.5, 2.0, 6.0]}
+    )
     goals = ef.latency_goals(sweep, "DynamicCNN")
     assert goals["met"].tolist() == [True, False, True, False]  # 0.95/64, 0.95/1, 0.9/64, never slower
     assert goals["measured"].tolist() == [6.0, 2.0, 3.5, 0.9]

@@ -364,3 +364,17 @@ def test_export_onnx_round_trip_with_onnxruntime(models, name, tmp_path):
         (got,) = session.run(None, {"input": x.numpy()})
         with torch.no_grad():
             assert close(torch.from_numpy(got), model(x))
+
+
+def test_a_model_whose_sparse_layers_lose_together_stays_dense(models, monkeypatch):
+    """Layers faster one by one, the whole model slower (thread pools taking turns): it stays dense."""
+
+    def fake(fns, **_):
+        whole_model = not isinstance(fns["dense"].func, (FusedLinear, FusedConv2d))
+        return {"dense": [1.0], "sparse": [1.5 if whole_model else 0.5]}
+
+    monkeypatch.setattr(inference, "time_interleaved", fake)
+    report: list[LayerChoice] = []
+    converted = to_sparse_inference(models["mlp"], torch.randn(1, 3, 8, 8), report=report)
+    assert not any(c.sparse for c in report) and all("reverted" in c.reason for c in report)
+    assert not any(isinstance(m, (SparseLinear, TorchSparseLinear)) for m in converted.modules())

@@ -668,10 +668,14 @@ def _tagged(run: Run, table: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_latency(
-    runs: Sequence[Run], *, methods: Sequence[str] | None = None, device: str | torch.device = "cpu"
+    runs: Sequence[Run],
+    *,
+    methods: Sequence[str] | None = None,
+    device: str | torch.device = "cpu",
+    peers: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """:func:`~dynprune_lib.efficiency.latency_table` of each run's model (those of ``methods``;
-    default all) at its config's ``latency_batches``, tagged with the run (:func:`_tagged`)."""
+    """:func:`~.efficiency.latency_table` of each run's model (those of ``methods``; default all) at
+    its config's ``latency_batches``, with ``peers``, tagged with the run (:func:`_tagged`)."""
     chosen = [run for run in runs if methods is None or run.method in methods]
     if not chosen:
         raise ValueError(f"no run of methods {list(methods or [])}; runs have {sorted({r.method for r in runs})}")
@@ -679,7 +683,13 @@ def run_latency(
         [
             _tagged(
                 run,
-                latency_table(run.model, run.config.latency_batches, seconds=run.config.latency_seconds, device=device),
+                latency_table(
+                    run.model,
+                    run.config.latency_batches,
+                    seconds=run.config.latency_seconds,
+                    device=device,
+                    peers=peers,
+                ),
             )
             for run in chosen
         ],

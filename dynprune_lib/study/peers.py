@@ -13,7 +13,9 @@ and the measurement goes on without it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +53,8 @@ def _sparseprop(model: nn.Module, x: torch.Tensor, workdir: Path) -> Runner:
     from sparseprop.utils import swap_modules_with_sparse
 
     dense = densify(copy.deepcopy(model)).eval()
-    swapped = swap_modules_with_sparse(dense, tuple(x.shape), verbose=False).eval()
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints one line per layer even with verbose=False
+        swapped = swap_modules_with_sparse(dense, tuple(x.shape), verbose=False).eval()
 
     def run() -> None:
         with torch.no_grad():

@@ -477,27 +477,54 @@ def plot_accuracy_vs_sparsity(
 
 
 def plot_latency_vs_sparsity(
-    latency: pd.DataFrame, *, x: str = "sparsity", by: str | None = None, title: str | None = None
+    latency: pd.DataFrame,
+    *,
+    x: str = "sparsity",
+    by: str | None = None,
+    peers: Sequence[str] = (),
+    title: str | None = None,
 ) -> Figure:
-    """Dense vs sparse-kernel forward time (left, log scale) and the speed-up (right) against sparsity
+    """Forward time (left, log scale) and speed-up over PyTorch dense (right) against sparsity
     (column ``x``, e.g. ``"sparsity_target"``), one line per batch size and per value of the
-    column ``by`` (e.g. ``"source"``). ``latency`` also has ``batch``, ``dense_ms``, ``sparse_ms``."""
+    column ``by`` (e.g. ``"source"``): dense (dotted), ours (solid) and each of ``peers``
+    (dashed; from its ``<peer>_ms`` column, skipped where not measured). ``latency`` also has
+    ``batch``, ``dense_ms``, ``sparse_ms``."""
     needed = {x, "batch", "dense_ms", "sparse_ms"} | ({by} if by else set())
     missing = needed - set(latency.columns)
     if missing:
         raise ValueError(f"latency lacks the columns {sorted(missing)}")
-    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(11.0, 4.2), layout="constrained")
+    peers = [p for p in peers if f"{p}_ms" in latency.columns and latency[f"{p}_ms"].notna().any()]
+    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(11.0, 4.4), layout="constrained")
     keys = [by, "batch"] if by else ["batch"]
+    styles = ("--", "-.", (0, (1, 1)))
     for key, part in latency.groupby(keys, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         name = f"{key[0]}, batch {key[1]}" if by else f"batch {key[0]}"
         part = part.sort_values(x)
         density = 1.0 - part[x].to_numpy()
-        (line,) = ax_t.plot(density, part["dense_ms"], marker="o", linestyle=":", label=f"dense: {name}")
-        ax_t.plot(
-            density, part["sparse_ms"], marker="s", color=line.get_color(), label=f"sparse kernels (ours): {name}"
-        )
-        ax_s.plot(density, part["dense_ms"] / part["sparse_ms"], marker="s", color=line.get_color(), label=name)
+        (line,) = ax_t.plot(density, part["dense_ms"], marker="o", linestyle=":", label=f"PyTorch dense: {name}")
+        colour = line.get_color()
+        ax_t.plot(density, part["sparse_ms"], marker="s", color=colour, label=f"ours: {name}")
+        ax_s.plot(density, part["dense_ms"] / part["sparse_ms"], marker="s", color=colour, label=f"ours: {name}")
+        for peer, style in zip(peers, styles):
+            ax_t.plot(
+                density,
+                part[f"{peer}_ms"],
+                marker="^",
+                linestyle=style,
+                color=colour,
+                alpha=0.7,
+                label=f"{peer}: {name}",
+            )
+            ax_s.plot(
+                density,
+                part["dense_ms"] / part[f"{peer}_ms"],
+                marker="^",
+                linestyle=style,
+                color=colour,
+                alpha=0.7,
+                label=f"{peer}: {name}",
+            )
     for ax in (ax_t, ax_s):
         _sparsity_axis(ax, _nice_ticks(latency[x]))
         ax.grid(True, which="both", alpha=0.3)

@@ -56,6 +56,10 @@ RESULT_FILES: Mapping[str, ResultFile] = _files(
     ResultFile("dynamic_cnn_histories.csv", _02, "per-epoch histories of every CNN run"),
     ResultFile("dynamic_cnn_storage.csv", _02, "file size of the DSR CNN, dense and in CSR"),
     ResultFile("dynamic_cnn_latency.csv", _02, "dense vs sparse-kernel forward time of the DSR CNN"),
+    ResultFile(
+        "dynamic_cnn_latency_sweep.csv", _02, "forward time against sparsity (random masks): dense, ours, peers"
+    ),
+    ResultFile("dynamic_cnn_latency_goals.csv", _02, "the CNN's inference-speed goals against the sweep"),
     ResultFile("dynamic_cnn_goals.csv", _02, "whether the DSR CNN met this reproduction's goals"),
     ResultFile("dynamic_mlp_runs.csv", _03, "every MLP run: method, sparsity, accuracy, time"),
     ResultFile("dynamic_mlp_histories.csv", _03, "per-epoch histories of every MLP run"),
@@ -63,6 +67,10 @@ RESULT_FILES: Mapping[str, ResultFile] = _files(
     ResultFile("dynamic_mlp_sparsity_claim.csv", _03, "inference-time sparsity against retraining, per sparsity"),
     ResultFile("dynamic_mlp_latency.csv", _03, "dense vs sparse-kernel forward time of the retrained MLPs"),
     ResultFile("dynamic_mlp_storage.csv", _03, "file size of every retrained MLP, dense and in CSR"),
+    ResultFile(
+        "dynamic_mlp_latency_sweep.csv", _03, "forward time against sparsity (random masks): dense, ours, peers"
+    ),
+    ResultFile("dynamic_mlp_latency_goals.csv", _03, "the MLP's inference-speed goals against the sweep"),
     ResultFile("wrn_history.csv", _04, "per-epoch histories of the Wide ResNets", index=True),
     ResultFile("wrn_vs_published.csv", _04, "the Wide ResNets' accuracy beside the published one"),
     ResultFile("fig6_learning_curves.csv", _04, "test accuracy against training-set fraction", index=True),
