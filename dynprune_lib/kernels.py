@@ -185,12 +185,22 @@ if numba is not None:
             _dot_row(o, indptr, cols, values, x, bias, relu, out)
 
 
-def _threads(parallel: bool) -> bool:
-    """Match Numba's thread count to torch's (what the caller set); False when one thread."""
-    wanted = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-    if numba.get_num_threads() != wanted:
-        numba.set_num_threads(wanted)
-    return parallel and wanted > 1
+def _run(parallel_kernel, serial_kernel, args: tuple, parallel: bool) -> None:
+    """Run on as many threads as torch uses (what the caller set), or serially for small work.
+
+    Numba's OpenMP layer shares torch's OpenMP runtime (one thread pool, no two pools spinning on
+    the same cores), and starting it sets that runtime's thread count: torch's is restored after.
+    """
+    threads = torch.get_num_threads()
+    wanted = min(threads, numba.config.NUMBA_NUM_THREADS)
+    if parallel and wanted > 1:
+        if numba.get_num_threads() != wanted:
+            numba.set_num_threads(wanted)
+        parallel_kernel(*args)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    else:
+        serial_kernel(*args)
 
 
 def sparse_rows(
@@ -208,8 +218,7 @@ def sparse_rows(
 ) -> np.ndarray:
     """``out[o, :length] = bias[o] + sum_k values[k] * src[rows[k], shifts[k] : shifts[k] + length]``
     over row ``o``'s non-zeros, then ReLU if asked; ``out`` is written in place and returned."""
-    kernel = _rows_parallel if _threads(parallel) else _rows_serial
-    kernel(indptr, rows, shifts, values, src, length, bias, relu, out)
+    _run(_rows_parallel, _rows_serial, (indptr, rows, shifts, values, src, length, bias, relu, out), parallel)
     return out
 
 
@@ -232,9 +241,9 @@ def sparse_rows_pool(
 ) -> np.ndarray:
     """:func:`sparse_rows` into ``grid`` (the output on its padded grid: ``batch`` planes of ``plane``
     elements, rows ``width`` apart), then a 2x2/2 max pool (and ReLU) into ``out`` (o, b, y, x)."""
-    kernel = _rows_pool_parallel if _threads(parallel) else _rows_pool_serial
     _, _, out_h, out_w = out.shape
-    kernel(indptr, rows, shifts, values, src, length, bias, grid, batch, plane, width, out_h, out_w, relu, out)
+    args = (indptr, rows, shifts, values, src, length, bias, grid, batch, plane, width, out_h, out_w, relu, out)
+    _run(_rows_pool_parallel, _rows_pool_serial, args, parallel)
     return out
 
 
@@ -247,16 +256,14 @@ def im2col(
     cols: np.ndarray,
 ) -> np.ndarray:
     """``cols[(c*kh + ky)*kw + kx, (b*Ho + y)*Wo + x] = padded[c, b, y*sy + ky*dy, x*sx + kx*dx]`` in place."""
-    _threads(True)
-    _im2col(padded, *kernel, *stride, *dilation, *out_hw, cols)
+    _run(_im2col, _im2col, (padded, *kernel, *stride, *dilation, *out_hw, cols), True)
     return cols
 
 
 def crop(grid: np.ndarray, batch: int, height: int, width: int, out: np.ndarray) -> np.ndarray:
     """The top-left ``out.shape[2:]`` corner of each (``height``, ``width``) plane of ``grid`` (rows
     of ``batch`` planes) into ``out`` (o, b, y, x): the valid outputs of the flat-grid convolution."""
-    _threads(True)
-    _crop(grid, batch, height, width, out)
+    _run(_crop, _crop, (grid, batch, height, width, out), True)
     return out
 
 
@@ -272,6 +279,5 @@ def spmv(
     parallel: bool = True,
 ) -> np.ndarray:
     """``out[o] = bias[o] + sum_k values[k] * x[cols[k]]`` over row ``o`` (a CSR matrix-vector product)."""
-    kernel = _spmv_parallel if _threads(parallel) else _spmv_serial
-    kernel(indptr, cols, values, x, bias, relu, out)
+    _run(_spmv_parallel, _spmv_serial, (indptr, cols, values, x, bias, relu, out), parallel)
     return out
