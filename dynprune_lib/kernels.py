@@ -193,14 +193,11 @@ def _run(parallel_kernel, serial_kernel, args: tuple, parallel: bool) -> None:
     """
     threads = torch.get_num_threads()
     wanted = min(threads, numba.config.NUMBA_NUM_THREADS)
-    if parallel and wanted > 1:
-        if numba.get_num_threads() != wanted:
-            numba.set_num_threads(wanted)
-        parallel_kernel(*args)
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-    else:
-        serial_kernel(*args)
+    if numba.get_num_threads() != wanted:
+        numba.set_num_threads(wanted)
+    (parallel_kernel if parallel and wanted > 1 else serial_kernel)(*args)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def sparse_rows(

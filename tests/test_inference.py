@@ -378,3 +378,14 @@ def test_a_model_whose_sparse_layers_lose_together_stays_dense(models, monkeypat
     converted = to_sparse_inference(models["mlp"], torch.randn(1, 3, 8, 8), report=report)
     assert not any(c.sparse for c in report) and all("reverted" in c.reason for c in report)
     assert not any(isinstance(m, (SparseLinear, TorchSparseLinear)) for m in converted.modules())
+
+
+@needs_numba
+def test_kernels_leave_torchs_thread_count_as_the_caller_set_it():
+    """Numba's OpenMP layer shares torch's runtime; starting it must not change torch's threads."""
+    sparse = SparseConv2d(_pruned(nn.Conv2d(8, 8, 3, stride=2, padding=1), 0.9))  # im2col: a parallel kernel
+    sparse(torch.randn(2, 8, 12, 12))
+    assert torch.get_num_threads() == 1  # the one_thread fixture's
+    torch.set_num_threads(2)
+    sparse(torch.randn(2, 8, 12, 12))
+    assert torch.get_num_threads() == 2
