@@ -92,6 +92,9 @@ if numba is not None:
                     if acc[i] < 0.0:
                         acc[i] = 0.0
 
+    # Each kernel comes as a parallel and a serial twin around one inlined body: a parallel launch costs
+    # microseconds that a batch-1 layer cannot afford, and one Python function compiled twice would share
+    # one on-disk cache entry (cache=True keys on the function, not on the parallel flag).
     @njit(cache=True, parallel=True)
     def _rows_parallel(indptr, rows, shifts, values, src, length, bias, relu, out):  # pragma: no cover
         for o in prange(indptr.shape[0] - 1):
