@@ -115,7 +115,15 @@ def test_accuracy_and_latency_against_sparsity():
     fig = plots.plot_latency_vs_sparsity(
         latency.rename(columns={"sparsity": "sparsity_target"}), x="sparsity_target", by="source"
     )
-    assert [line.get_label() for line in fig.axes[1].lines][:2] == ["a, batch 1", "b, batch 8"]
+    assert [line.get_label() for line in fig.axes[1].lines][:2] == ["ours: a, batch 1", "ours: b, batch 8"]
+    # a peer is drawn beside ours from its <peer>_ms column; one never measured is left out
+    latency["onnxruntime_ms"] = [0.5, 0.5, 2.0, 2.0]
+    latency["sparseprop_ms"] = np.nan
+    fig = plots.plot_latency_vs_sparsity(latency, by="source", peers=("onnxruntime", "sparseprop"))
+    labels = [line.get_label() for line in fig.axes[1].lines]
+    assert labels[:2] == ["ours: a, batch 1", "onnxruntime: a, batch 1"]
+    assert not any(label.startswith("sparseprop") for label in labels)
+    assert list(fig.axes[1].lines[1].get_ydata()) == pytest.approx([2.0, 2.0])
     with pytest.raises(ValueError, match="sparse_ms"):
         plots.plot_latency_vs_sparsity(latency.drop(columns="sparse_ms"))
     with pytest.raises(ValueError, match="origin"):
