@@ -57,9 +57,13 @@ DENSITY_RULE = {"numba": {"linear": 0.2, "conv": 0.1}, "torch.sparse": {"linear"
 #: Work (non-zeros x output elements) below which a kernel runs on one thread: starting the
 #: thread pool costs more than it saves.
 PARALLEL_WORK = 1 << 16
-#: What copying one element into the im2col matrix costs, in multiply-adds of the sparse kernel
-#: (measured: the strided gather is several times slower than a vectorised FMA).
-IM2COL_COST = 4
+#: Bytes of the input one tile of the sparse-row kernel reads: they stay in the L2 cache while every
+#: output channel of the tile streams its non-zeros over them.
+TILE_BYTES = 256 * 1024
+#: Outputs one tile accumulates per channel at most (16 KiB of float32: the accumulator stays in L1).
+TILE_OUTPUTS = 4096
+#: Tiles a layer is cut into at least (output channels split further when the batch gives too few).
+TILES = 16
 
 
 # --------------------------------------------------------------------------- fused dense blocks
@@ -128,19 +132,28 @@ class _ConvPlan:
     flat: bool  # the shifted flat grid (stride 1) or an im2col matrix
     top: int
     left: int
-    hp: int
-    wp: int
     ho: int
     wo: int
-    rows: np.ndarray
-    shifts: np.ndarray
-    length: int
+    offsets: np.ndarray  # where each non-zero's input starts in ``src`` (flat, unsigned)
+    row: int  # elements between two grid rows of ``src`` (grid width x batch)
+    strip: int  # grid rows per tile (kernels.sparse_tiles)
+    o_block: int  # output channels per tile
     parallel: bool
-    padded: torch.Tensor  # (C, B, Hp, Wp), zero borders
-    src: np.ndarray  # the padded input as (C, B*Hp*Wp), or the im2col matrix
-    grid: np.ndarray | None  # the output before the crop or the pool
-    plane: int
-    grid_w: int
+    padded: torch.Tensor  # (C, Hp, Wp, B), zero borders
+    src: np.ndarray  # the padded input (C, Hp, Wp, B), or the im2col matrix (C*kh*kw, Ho*Wo*B), flat
+
+
+def _tiling(grid_rows: int, row: int, src_rows: int, max_shift: int, out_channels: int, pool: bool) -> tuple[int, int]:
+    """Grid rows and output channels per tile of :func:`kernels.sparse_tiles`: as many rows as keep
+    the tile's columns of ``src`` within :data:`TILE_BYTES` and its accumulator within
+    :data:`TILE_OUTPUTS` (an even number when pooling), and enough tiles (:data:`TILES`) for every
+    thread to get work."""
+    fit = min((TILE_BYTES // (4 * src_rows) - max_shift) // row, TILE_OUTPUTS // row)
+    strip = min(grid_rows, max(2 if pool else 1, fit))
+    strip -= strip % 2 if pool else 0
+    strips = -(-grid_rows // strip)
+    blocks = min(out_channels, -(-TILES // strips))
+    return strip, -(-out_channels // blocks)
 
 
 class SparseConv2d(nn.Module):
@@ -217,44 +230,25 @@ class SparseConv2d(nn.Module):
             )
         if self.pool and (ho < 2 or wo < 2):
             raise ValueError(f"output {ho}x{wo} is too small for the fused 2x2 max pool")
-        # The flat grid computes the outputs on the padding too; im2col costs a copy of the input per tap.
-        flat_work = self.nnz * batch * hp * wp
-        col_work = (self.nnz + IM2COL_COST * self.in_channels * self.kh * self.kw) * batch * ho * wo
-        flat = (sy, sx) == (1, 1) and flat_work <= col_work
-        padded = torch.zeros(self.in_channels, batch, hp, wp)  # borders stay zero: only the inside is rewritten
+        flat = (sy, sx) == (1, 1)  # stride 1: the padded input itself, shifted per tap; else im2col
+        padded = torch.zeros(self.in_channels, hp, wp, batch)  # borders stay zero: only the inside is rewritten
         if flat:
-            rows = self.channel.numpy()
-            shifts = (self.tap_y * dy * wp + self.tap_x * dx).numpy().astype(np.int64)
-            length = (batch - 1) * hp * wp + (ho - 1) * wp + wo
-            src = padded.view(self.in_channels, -1).numpy()
-            grid = np.empty((self.out_channels, batch * hp * wp), dtype=np.float32)
-            plane, grid_w = hp * wp, wp
+            shifts = (self.tap_y * dy * wp + self.tap_x * dx) * batch
+            src_rows, offsets = self.in_channels, self.channel.to(torch.int64) * (hp * wp * batch) + shifts
+            src = padded.view(-1).numpy()
+            row, max_shift = wp * batch, int(shifts.max()) if self.nnz else 0
         else:
-            rows = (self.channel * (self.kh * self.kw) + self.tap_y * self.kw + self.tap_x).numpy()
-            shifts = np.zeros(self.nnz, dtype=np.int64)
-            length = batch * ho * wo
-            src = np.empty((self.in_channels * self.kh * self.kw, length), dtype=np.float32)
-            grid = np.empty((self.out_channels, length), dtype=np.float32) if self.pool else None
-            plane, grid_w = ho * wo, wo
-        work = flat_work if flat else col_work
-        plan = _ConvPlan(
-            flat,
-            top,
-            left,
-            hp,
-            wp,
-            ho,
-            wo,
-            rows,
-            shifts,
-            length,
-            work >= PARALLEL_WORK,
-            padded,
-            src,
-            grid,
-            plane,
-            grid_w,
-        )
+            src_rows = self.in_channels * self.kh * self.kw
+            offsets = (self.channel.to(torch.int64) * (self.kh * self.kw) + self.tap_y * self.kw + self.tap_x) * (
+                ho * wo * batch
+            )
+            src = np.empty(src_rows * ho * wo * batch, dtype=np.float32)
+            row, max_shift = wo * batch, 0
+        grid_rows = 2 * (ho // 2) if self.pool else ho
+        strip, o_block = _tiling(grid_rows, row, src_rows, max_shift, self.out_channels, self.pool)
+        offsets = offsets.numpy().astype(np.uint64)
+        work = self.nnz * grid_rows * row
+        plan = _ConvPlan(flat, top, left, ho, wo, offsets, row, strip, o_block, work >= PARALLEL_WORK, padded, src)
         self._plans[key] = plan
         return plan
 
@@ -269,27 +263,35 @@ class SparseConv2d(nn.Module):
         _check_input(self, x, (4,), 1, self.in_channels, "(B, C, H, W) input channels")
         batch, _, height, width = x.shape
         plan = self._plan(batch, height, width)
-        with torch.no_grad():
-            plan.padded[:, :, plan.top : plan.top + height, plan.left : plan.left + width] = x.transpose(0, 1)
+        grid = x.detach().permute(1, 2, 3, 0)
+        if grid.is_contiguous() or grid.numel() < PARALLEL_WORK:  # a plain copy, or too small to matter
+            plan.padded[:, plan.top : plan.top + height, plan.left : plan.left + width] = grid
+        else:  # from a dense layer (NCHW or channels_last): a transposing copy, blocked for the cache
+            kernels.to_grid(x.detach(), plan.top, plan.left, plan.padded.numpy())
         if not plan.flat:
+            cols = plan.src.reshape(-1, plan.ho * plan.wo * batch)
             kernels.im2col(
-                plan.padded.numpy(), (self.kh, self.kw), self.stride, self.dilation, (plan.ho, plan.wo), plan.src
+                plan.padded.numpy(), (self.kh, self.kw), self.stride, self.dilation, (plan.ho, plan.wo), cols
             )
         indptr, values, bias = self._arrays()
-        args = (indptr, plan.rows, plan.shifts, values, plan.src, plan.length, bias)
-        if self.pool:
-            out = np.empty((self.out_channels, batch, plan.ho // 2, plan.wo // 2), dtype=np.float32)
-            kernels.sparse_rows_pool(
-                *args, plan.grid, batch, plan.plane, plan.grid_w, out, relu=self.relu, parallel=plan.parallel
-            )
-        elif plan.flat:
-            kernels.sparse_rows(*args, plan.grid, relu=self.relu, parallel=plan.parallel)
-            out = np.empty((self.out_channels, batch, plan.ho, plan.wo), dtype=np.float32)
-            kernels.crop(plan.grid, batch, plan.hp, plan.wp, out)
-        else:
-            out = np.empty((self.out_channels, batch, plan.ho, plan.wo), dtype=np.float32)
-            kernels.sparse_rows(*args, out.reshape(self.out_channels, -1), relu=self.relu, parallel=plan.parallel)
-        return torch.from_numpy(out).transpose(0, 1)
+        ho, wo = (plan.ho // 2, plan.wo // 2) if self.pool else (plan.ho, plan.wo)
+        out = np.empty((self.out_channels, ho, wo, batch), dtype=np.float32)
+        kernels.sparse_tiles(
+            indptr,
+            plan.offsets,
+            values,
+            plan.src,
+            bias,
+            out,
+            row=plan.row,
+            strip=plan.strip,
+            o_block=plan.o_block,
+            pool=self.pool,
+            relu=self.relu,
+            parallel=plan.parallel,
+        )
+        # (B, C, H, W) view of the (C, H, W, B) buffer: the next sparse layer reads it with a plain copy
+        return torch.from_numpy(out).permute(3, 0, 1, 2)
 
     def extra_repr(self) -> str:
         return (
@@ -339,44 +341,42 @@ class SparseLinear(nn.Module):
         if cache is None or cache[0] is not self.values:
             dtype = np.uint16 if self.in_features <= np.iinfo(np.uint16).max + 1 else np.uint32
             cols = self.cols.numpy()
-            self._arrays_cache = cache = (
-                self.values,
-                self.indptr.numpy(),
-                cols.astype(dtype),
-                cols,
-                self.values.numpy(),
-                self.bias.numpy(),
-                np.zeros(self.nnz, dtype=np.int64),
-            )
+            self._arrays_cache = cache = (self.values, self.indptr.numpy(), cols.astype(dtype), self.values.numpy())
+            self._offsets = {}  # per batch size: where each non-zero's input starts in x^T
         return cache[1:]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(self, x, range(1, 9), -1, self.in_features, "(..., in_features) input features")
-        indptr, narrow, cols, values, bias, shifts = self._arrays()
+        indptr, cols, values = self._arrays()
+        bias = self.bias.numpy()
         flat = x.detach().reshape(-1, self.in_features)
         batch = flat.shape[0]
         parallel = self.nnz * batch >= PARALLEL_WORK
         if batch == 1:
             out = np.empty(self.out_features, dtype=np.float32)
             kernels.spmv(
-                indptr, narrow, values, flat[0].contiguous().numpy(), bias, out, relu=self.relu, parallel=parallel
+                indptr, cols, values, flat[0].contiguous().numpy(), bias, out, relu=self.relu, parallel=parallel
             )
             y = torch.from_numpy(out).unsqueeze(0)
         else:
-            out = np.empty((self.out_features, batch), dtype=np.float32)
-            kernels.sparse_rows(
+            if batch not in self._offsets:
+                self._offsets[batch] = cols.astype(np.uint64) * np.uint64(batch)
+            _, o_block = _tiling(1, batch, self.in_features, 0, self.out_features, False)
+            out = np.empty((self.out_features, 1, 1, batch), dtype=np.float32)
+            kernels.sparse_tiles(
                 indptr,
-                cols,
-                shifts,
+                self._offsets[batch],
                 values,
-                flat.t().contiguous().numpy(),
-                batch,
+                flat.t().contiguous().view(-1).numpy(),
                 bias,
                 out,
+                row=batch,
+                strip=1,
+                o_block=o_block,
                 relu=self.relu,
                 parallel=parallel,
             )
-            y = torch.from_numpy(out).t()
+            y = torch.from_numpy(out.reshape(self.out_features, batch)).t()
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -42,10 +42,7 @@ except ImportError as error:  # pragma: no cover - exercised by monkeypatching i
     numba = None
     _IMPORT_ERROR = f"numba is not installed ({error}); pip install numba"
 
-__all__ = ["available", "crop", "im2col", "sparse_rows", "sparse_rows_pool", "spmv", "unavailable_reason"]
-
-#: Elements of an output row accumulated at a time: 4 KiB of float32, stays in L1 across the row's non-zeros.
-CHUNK = 1024
+__all__ = ["available", "im2col", "sparse_tiles", "spmv", "to_grid", "unavailable_reason"]
 
 
 def available() -> bool:
@@ -60,108 +57,140 @@ def unavailable_reason() -> str | None:
 
 if numba is not None:
 
+    @njit(cache=True, inline="always", fastmath={"contract"})
+    def _accumulate(o, indptr, offsets, values, src, start, rows, row, span, bias, acc):  # pragma: no cover
+        # acc[y*span + i] = bias[o] + sum_k values[k] * src[offsets[k] + start + y*row + i] for the ``rows``
+        # grid rows y of the tile and the ``span`` valid elements i of each: acc (a few KiB) stays in L1 while
+        # the non-zeros of row o stream past it, eight at a time (one load and store of acc per eight FMAs).
+        # Indices are unsigned: LLVM then needs no negative-index check and vectorises the loop over i.
+        acc[:] = bias[o]
+        k, end = indptr[o], indptr[o + 1]
+        while k + 8 <= end:
+            v0, v1, v2, v3 = values[k], values[k + 1], values[k + 2], values[k + 3]
+            v4, v5, v6, v7 = values[k + 4], values[k + 5], values[k + 6], values[k + 7]
+            for y in range(rows):
+                at = start + np.uint64(y) * row
+                b0, b1, b2, b3 = offsets[k] + at, offsets[k + 1] + at, offsets[k + 2] + at, offsets[k + 3] + at
+                b4, b5, b6, b7 = offsets[k + 4] + at, offsets[k + 5] + at, offsets[k + 6] + at, offsets[k + 7] + at
+                line = np.uint64(y) * span
+                for j in range(span):
+                    i = np.uint64(j)
+                    acc[line + i] += ((v0 * src[b0 + i] + v1 * src[b1 + i]) + (v2 * src[b2 + i] + v3 * src[b3 + i])) + (
+                        (v4 * src[b4 + i] + v5 * src[b5 + i]) + (v6 * src[b6 + i] + v7 * src[b7 + i])
+                    )
+            k += 8
+        while k < end:
+            v = values[k]
+            for y in range(rows):
+                b0 = offsets[k] + start + np.uint64(y) * row
+                line = np.uint64(y) * span
+                for j in range(span):
+                    i = np.uint64(j)
+                    acc[line + i] += v * src[b0 + i]
+            k += 1
+
     @njit(cache=True, inline="always")
-    def _row(o, indptr, rows, shifts, values, src, length, bias, relu, out):  # pragma: no cover - jitted
-        # 1-D views indexed from 0: LLVM then drops the negative-index checks and vectorises the axpy;
-        # four non-zeros per pass over the chunk: one load and store of the output per four FMAs
-        row = out[o]
-        end = indptr[o + 1]
-        for start in range(0, length, CHUNK):
-            stop = min(start + CHUNK, length)
-            n = stop - start
-            acc = row[start:stop]
-            acc[:] = bias[o]
-            k = indptr[o]
-            while k + 4 <= end:
-                v0, v1, v2, v3 = values[k], values[k + 1], values[k + 2], values[k + 3]
-                s0 = src[rows[k], shifts[k] + start : shifts[k] + stop]
-                s1 = src[rows[k + 1], shifts[k + 1] + start : shifts[k + 1] + stop]
-                s2 = src[rows[k + 2], shifts[k + 2] + start : shifts[k + 2] + stop]
-                s3 = src[rows[k + 3], shifts[k + 3] + start : shifts[k + 3] + stop]
-                for i in range(n):
-                    acc[i] += (v0 * s0[i] + v1 * s1[i]) + (v2 * s2[i] + v3 * s3[i])
-                k += 4
-            while k < end:
-                v = values[k]
-                seg = src[rows[k], shifts[k] + start : shifts[k] + stop]
-                for i in range(n):
-                    acc[i] += v * seg[i]
-                k += 1
-            if relu:
-                for i in range(n):
-                    if acc[i] < 0.0:
-                        acc[i] = 0.0
+    def _store(o, acc, first, rows, span, batch, pool, relu, out):  # pragma: no cover - jitted
+        # acc holds ``rows`` grid rows from ``first`` on, ``span`` elements (x, b) each with the batch
+        # innermost; out[o] (rows, columns, batch) gets them, 2x2/2 max-pooled when asked (grid rows 2y and
+        # 2y + 1 into row y), then the ReLU
+        if pool:
+            width = out.shape[2] * batch
+            for y in range(rows // 2):
+                dst = out[o, first // 2 + y].reshape(width)
+                top = acc[2 * y * span : (2 * y + 2) * span]
+                for x in range(out.shape[2]):
+                    i = 2 * x * batch
+                    for b in range(batch):
+                        m = max(max(top[i + b], top[i + batch + b]), max(top[span + i + b], top[span + i + batch + b]))
+                        dst[x * batch + b] = 0.0 if relu and m < 0.0 else m
+        else:
+            for y in range(rows):
+                dst = out[o, first + y].reshape(span)
+                line = acc[y * span : (y + 1) * span]
+                for i in range(span):
+                    m = line[i]
+                    dst[i] = 0.0 if relu and m < 0.0 else m
+
+    @njit(cache=True, inline="always", fastmath={"contract"})
+    def _tile(
+        item, o_block, strip, indptr, offsets, values, src, bias, row, batch, pool, relu, out
+    ):  # pragma: no cover
+        # one work item: output channels [o0, o1) of the grid rows [first, first + strip)
+        n_blocks = (indptr.shape[0] - 2) // o_block + 1
+        first, block = (item // n_blocks) * strip, item % n_blocks
+        grid_rows = (2 * out.shape[1]) if pool else out.shape[1]
+        rows = min(strip, grid_rows - first)
+        span = (2 * out.shape[2] if pool else out.shape[2]) * batch
+        acc = np.empty(rows * span, dtype=np.float32)
+        start = np.uint64(first) * row
+        for o in range(block * o_block, min((block + 1) * o_block, indptr.shape[0] - 1)):
+            _accumulate(o, indptr, offsets, values, src, start, rows, row, np.uint64(span), bias, acc)
+            _store(o, acc, first, rows, span, batch, pool, relu, out)
 
     # Each kernel comes as a parallel and a serial twin around one inlined body: a parallel launch costs
     # microseconds that a batch-1 layer cannot afford, and one Python function compiled twice would share
-    # one on-disk cache entry (cache=True keys on the function, not on the parallel flag).
-    @njit(cache=True, parallel=True)
-    def _rows_parallel(indptr, rows, shifts, values, src, length, bias, relu, out):  # pragma: no cover
-        for o in prange(indptr.shape[0] - 1):
-            _row(o, indptr, rows, shifts, values, src, length, bias, relu, out)
-
-    @njit(cache=True)
-    def _rows_serial(indptr, rows, shifts, values, src, length, bias, relu, out):  # pragma: no cover
-        for o in range(indptr.shape[0] - 1):
-            _row(o, indptr, rows, shifts, values, src, length, bias, relu, out)
-
-    @njit(cache=True, inline="always")
-    def _pool_row(o, grid, batch, plane, width, out_h, out_w, relu, out):  # pragma: no cover - jitted
-        # grid[o] holds batch planes of ``plane`` elements, rows ``width`` apart; 2x2 max pool, stride 2
-        for b in range(batch):
-            base = b * plane
-            for y in range(out_h):
-                top = base + 2 * y * width
-                for x in range(out_w):
-                    i = top + 2 * x
-                    m = max(max(grid[o, i], grid[o, i + 1]), max(grid[o, i + width], grid[o, i + width + 1]))
-                    if relu and m < 0.0:
-                        m = 0.0
-                    out[o, b, y, x] = m
-
-    @njit(cache=True, parallel=True)
-    def _rows_pool_parallel(
-        indptr, rows, shifts, values, src, length, bias, grid, batch, plane, width, out_h, out_w, relu, out
+    # one on-disk cache entry (cache=True keys on the function, not on the parallel flag). fastmath's
+    # "contract" lets LLVM fuse each multiply-add (one rounding instead of two); the order of every
+    # sum stays as written, so results do not depend on the tiling or the thread count.
+    @njit(cache=True, parallel=True, fastmath={"contract"})
+    def _tiles_parallel(
+        n_items, o_block, strip, indptr, offsets, values, src, bias, row, batch, pool, relu, out
     ):  # pragma: no cover - jitted
-        for o in prange(indptr.shape[0] - 1):
-            _row(o, indptr, rows, shifts, values, src, length, bias, False, grid)
-            _pool_row(o, grid, batch, plane, width, out_h, out_w, relu, out)
+        for item in prange(n_items):
+            _tile(item, o_block, strip, indptr, offsets, values, src, bias, row, batch, pool, relu, out)
 
-    @njit(cache=True)
-    def _rows_pool_serial(
-        indptr, rows, shifts, values, src, length, bias, grid, batch, plane, width, out_h, out_w, relu, out
+    @njit(cache=True, fastmath={"contract"})
+    def _tiles_serial(
+        n_items, o_block, strip, indptr, offsets, values, src, bias, row, batch, pool, relu, out
     ):  # pragma: no cover - jitted
-        for o in range(indptr.shape[0] - 1):
-            _row(o, indptr, rows, shifts, values, src, length, bias, False, grid)
-            _pool_row(o, grid, batch, plane, width, out_h, out_w, relu, out)
+        for item in range(n_items):
+            _tile(item, o_block, strip, indptr, offsets, values, src, bias, row, batch, pool, relu, out)
 
     @njit(cache=True, parallel=True)
     def _im2col(padded, kh, kw, sy, sx, dy, dx, out_h, out_w, cols):  # pragma: no cover - jitted
-        channels, batch = padded.shape[0], padded.shape[1]
+        # padded (C, Hp, Wp, B) -> cols (C*kh*kw, Ho*Wo*B), the batch innermost
+        channels, batch = padded.shape[0], padded.shape[3]
         for r in prange(channels * kh * kw):
             c, tap = r // (kh * kw), r % (kh * kw)
             ky, kx = tap // kw, tap % kw
-            row = cols[r]
+            dst = cols[r]
+            for y in range(out_h):
+                line = padded[c, y * sy + ky * dy]
+                for x in range(out_w):
+                    src = line[x * sx + kx * dx]
+                    base = (y * out_w + x) * batch
+                    for b in range(batch):
+                        dst[base + b] = src[b]
+
+    # Both transposing copies below go through a small block in L1: the source rows of one block lie a
+    # power of two apart, and so (nearly) do the destination rows, so writing one straight into the other
+    # keeps evicting lines that map to the same cache set.
+    @njit(cache=True, parallel=True)
+    def _nchw_to_grid(x, top, left, padded):  # pragma: no cover - jitted
+        # padded[c, top + y, left + w, b] = x[b, c, y, w], one (c, y) row of all images at a time
+        batch, channels, height, width = x.shape
+        for cy in prange(channels * height):
+            c, y = cy // height, cy % height
+            block = np.empty((width, batch), dtype=np.float32)
             for b in range(batch):
-                plane = padded[c, b]
-                base = b * out_h * out_w
-                for y in range(out_h):
-                    line = plane[y * sy + ky * dy]
-                    dst = row[base + y * out_w : base + (y + 1) * out_w]
-                    for x in range(out_w):
-                        dst[x] = line[x * sx + kx * dx]
+                line = x[b, c, y]
+                for w in range(width):
+                    block[w, b] = line[w]
+            padded[c, top + y, left : left + width] = block
 
     @njit(cache=True, parallel=True)
-    def _crop(grid, batch, height, width, out):  # pragma: no cover - jitted
-        # out[o, b, y, x] = grid[o] seen as (batch, height, width), top-left corner
-        for o in prange(out.shape[0]):
-            flat = grid[o]
-            for b in range(batch):
-                for y in range(out.shape[2]):
-                    line = flat[(b * height + y) * width : (b * height + y) * width + out.shape[3]]
-                    dst = out[o, b, y]
-                    for x in range(out.shape[3]):
-                        dst[x] = line[x]
+    def _nhwc_to_grid(x, top, left, padded):  # pragma: no cover - jitted
+        # padded[c, top + y, left + w, b] = x[b, y, w, c], one pixel (y, w) of all images at a time
+        batch, height, width, channels = x.shape
+        for y in prange(height):
+            block = np.empty((channels, batch), dtype=np.float32)
+            for w in range(width):
+                for b in range(batch):
+                    line = x[b, y, w]
+                    for c in range(channels):
+                        block[c, b] = line[c]
+                padded[:, top + y, left + w] = block
 
     @njit(cache=True, inline="always", fastmath=True)
     def _dot_row(o, indptr, cols, values, x, bias, relu, out):  # pragma: no cover - jitted
@@ -203,47 +232,36 @@ def _run(parallel_kernel, serial_kernel, args: tuple, parallel: bool) -> None:
         torch.set_num_threads(threads)
 
 
-def sparse_rows(
+def sparse_tiles(
     indptr: np.ndarray,
-    rows: np.ndarray,
-    shifts: np.ndarray,
+    offsets: np.ndarray,
     values: np.ndarray,
     src: np.ndarray,
-    length: int,
     bias: np.ndarray,
     out: np.ndarray,
     *,
+    row: int,
+    strip: int,
+    o_block: int,
+    pool: bool = False,
     relu: bool = False,
     parallel: bool = True,
 ) -> np.ndarray:
-    """``out[o, :length] = bias[o] + sum_k values[k] * src[rows[k], shifts[k] : shifts[k] + length]``
-    over row ``o``'s non-zeros, then ReLU if asked; ``out`` is written in place and returned."""
-    _run(_rows_parallel, _rows_serial, (indptr, rows, shifts, values, src, length, bias, relu, out), parallel)
-    return out
+    """The sparse product of every output channel on a grid, written to ``out`` (O, H, W, B).
 
+    ``g[o, y, i] = bias[o] + sum_k values[k] * src[offsets[k] + y*row + i]`` over row ``o``'s
+    non-zeros (``src`` flat, ``offsets`` unsigned), for the elements ``i`` = (x, b) of grid row ``y``,
+    the batch ``b`` innermost. ``out[o, y]`` gets grid row ``y``, or, with ``pool``, the 2x2/2 max
+    pool of grid rows ``2y`` and ``2y + 1``; then the ReLU.
 
-def sparse_rows_pool(
-    indptr: np.ndarray,
-    rows: np.ndarray,
-    shifts: np.ndarray,
-    values: np.ndarray,
-    src: np.ndarray,
-    length: int,
-    bias: np.ndarray,
-    grid: np.ndarray,
-    batch: int,
-    plane: int,
-    width: int,
-    out: np.ndarray,
-    *,
-    relu: bool = False,
-    parallel: bool = True,
-) -> np.ndarray:
-    """:func:`sparse_rows` into ``grid`` (the output on its padded grid: ``batch`` planes of ``plane``
-    elements, rows ``width`` apart), then a 2x2/2 max pool (and ReLU) into ``out`` (o, b, y, x)."""
-    _, _, out_h, out_w = out.shape
-    args = (indptr, rows, shifts, values, src, length, bias, grid, batch, plane, width, out_h, out_w, relu, out)
-    _run(_rows_pool_parallel, _rows_pool_serial, args, parallel)
+    The work is cut into strips of ``strip`` grid rows by ``o_block`` output channels: every
+    output channel of a strip reads the same part of ``src``, which stays in cache (the loop order
+    of a blocked GEMM), and the tiles run in parallel.
+    """
+    grid_rows = 2 * out.shape[1] if pool else out.shape[1]
+    n_items = -(-grid_rows // strip) * (-(-out.shape[0] // o_block))
+    args = (n_items, o_block, strip, indptr, offsets, values, src, bias, np.uint64(row), out.shape[3], pool, relu, out)
+    _run(_tiles_parallel, _tiles_serial, args, parallel)
     return out
 
 
@@ -255,16 +273,22 @@ def im2col(
     out_hw: tuple[int, int],
     cols: np.ndarray,
 ) -> np.ndarray:
-    """``cols[(c*kh + ky)*kw + kx, (b*Ho + y)*Wo + x] = padded[c, b, y*sy + ky*dy, x*sx + kx*dx]`` in place."""
+    """``cols[(c*kh + ky)*kw + kx, (y*Wo + x)*B + b] = padded[c, y*sy + ky*dy, x*sx + kx*dx, b]`` in place."""
     _run(_im2col, _im2col, (padded, *kernel, *stride, *dilation, *out_hw, cols), True)
     return cols
 
 
-def crop(grid: np.ndarray, batch: int, height: int, width: int, out: np.ndarray) -> np.ndarray:
-    """The top-left ``out.shape[2:]`` corner of each (``height``, ``width``) plane of ``grid`` (rows
-    of ``batch`` planes) into ``out`` (o, b, y, x): the valid outputs of the flat-grid convolution."""
-    _run(_crop, _crop, (grid, batch, height, width, out), True)
-    return out
+def to_grid(x: torch.Tensor, top: int, left: int, padded: np.ndarray) -> np.ndarray:
+    """``padded[:, top:top + H, left:left + W, :] = x.permute(1, 2, 3, 0)`` for a (B, C, H, W) float32
+    batch in NCHW or channels_last memory: the batch-innermost layout of :func:`sparse_tiles`, by a
+    transposing copy blocked for the cache (``Tensor.copy_`` takes several times longer)."""
+    if x.is_contiguous():
+        _run(_nchw_to_grid, _nchw_to_grid, (x.numpy(), top, left, padded), True)
+    elif x.is_contiguous(memory_format=torch.channels_last):
+        _run(_nhwc_to_grid, _nhwc_to_grid, (x.permute(0, 2, 3, 1).numpy(), top, left, padded), True)
+    else:
+        _run(_nchw_to_grid, _nchw_to_grid, (x.contiguous().numpy(), top, left, padded), True)
+    return padded
 
 
 def spmv(

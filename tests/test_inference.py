@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -101,9 +102,68 @@ def test_sparse_conv_all_zero_channels_dense_layer_and_both_layouts():
     with torch.no_grad():
         assert close(sparse(x), conv(x)) and sparse.nnz == 5 * 8 * 9  # fully dense otherwise
         assert torch.equal(sparse(x)[:, 2], conv.bias[2].expand(2, 16, 16))
-        for mode_input in (torch.randn(64, 8, 2, 2), torch.randn(1, 8, 40, 40)):  # im2col, then the flat grid
-            assert close(sparse(mode_input), conv(mode_input))
-    assert {plan.flat for plan in sparse._plans.values()} == {True, False}
+        for size_input in (torch.randn(64, 8, 2, 2), torch.randn(1, 8, 40, 40)):
+            assert close(sparse(size_input), conv(size_input))
+        strided = nn.Conv2d(8, 6, 3, stride=2, padding=1)
+        sparse_strided = SparseConv2d(strided)
+        assert close(sparse_strided(x), strided(x))
+    # stride 1 convolves the padded input in place (the flat grid); stride 2 builds an im2col matrix
+    assert {plan.flat for plan in sparse._plans.values()} == {True}
+    assert {plan.flat for plan in sparse_strided._plans.values()} == {False}
+
+
+@needs_numba
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_sparse_conv_cut_into_many_tiles_equals_conv2d(monkeypatch, pool, stride):
+    """Tiles of a few grid rows by a few output channels (odd heights, pooled pairs, a short last
+    strip and a short last channel block) give the same outputs as one tile."""
+    conv = _pruned(nn.Conv2d(6, 13, 3, stride=stride, padding=1), 0.6)
+    x = torch.randn(5, 6, 23, 18)
+    with torch.no_grad():
+        expected = conv(x)
+        expected = F.relu(F.max_pool2d(expected, 2) if pool else expected)
+        whole = SparseConv2d(conv, pool=pool, relu=True)(x)
+        monkeypatch.setattr(inference, "TILE_OUTPUTS", 1)  # the fewest grid rows a tile can hold
+        monkeypatch.setattr(inference, "TILES", 64)  # and output channels split into blocks
+        sparse = SparseConv2d(conv, pool=pool, relu=True)
+        tiled = sparse(x)
+    plan = next(iter(sparse._plans.values()))
+    assert plan.strip == (2 if pool else 1) and plan.o_block < conv.out_channels
+    assert close(tiled, expected) and torch.equal(tiled, whole)
+
+
+@needs_numba
+@pytest.mark.parametrize("memory_format", ["nchw", "channels_last", "strided"])
+def test_inputs_in_any_memory_layout_reach_the_kernel_intact(memory_format):
+    """A dense layer's NCHW or channels_last output, or any strided view, is transposed into the
+    kernels' batch-innermost layout by a blocked copy; results equal F.conv2d's."""
+    conv = _pruned(nn.Conv2d(20, 8, 3, padding=1), 0.5)
+    x = torch.randn(32, 20, 12, 12)  # large enough for the parallel copy (kernels.to_grid)
+    if memory_format == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif memory_format == "strided":
+        x = torch.randn(32, 40, 12, 12)[:, ::2]
+    with torch.no_grad():
+        assert close(SparseConv2d(conv)(x), conv(x))
+    padded = np.zeros((20, 15, 14, 32), dtype=np.float32)
+    kernels.to_grid(x, 2, 1, padded)
+    assert np.array_equal(padded[:, 2:14, 1:13], x.permute(1, 2, 3, 0).numpy())
+    assert not padded[:, :2].any() and not padded[:, 14:].any() and not padded[:, :, 13:].any()
+
+
+@needs_numba
+def test_a_chain_of_sparse_layers_passes_its_layout_along():
+    """A sparse layer returns a (B, C, H, W) view of its batch-innermost buffer; the next one reads
+    it as it is, and the chain equals the dense one."""
+    convs = [_pruned(nn.Conv2d(c, d, 3, padding=1), 0.7, seed=c) for c, d in ((3, 8), (8, 16), (16, 4))]
+    dense = nn.Sequential(*convs)
+    sparse = nn.Sequential(*(SparseConv2d(c) for c in convs))
+    x = torch.randn(6, 3, 10, 10)
+    with torch.no_grad():
+        out = sparse[0](x)
+        assert out.permute(1, 2, 3, 0).is_contiguous()
+        assert close(sparse(x), dense(x))
 
 
 @needs_numba
