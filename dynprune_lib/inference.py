@@ -71,20 +71,29 @@ TILES = 16
 
 class FusedConv2d(nn.Module):
     """A plain convolution followed by an optional 2x2 max pool and ReLU: the dense counterpart
-    of :class:`SparseConv2d` with the same epilogue (what a fused graph node computes)."""
+    of :class:`SparseConv2d` with the same epilogue (what a fused graph node computes).
+
+    ``grid_output`` (set by :func:`to_sparse_inference` when the only consumer is a
+    :class:`SparseConv2d`): the pool and ReLU run as one Numba pass that writes the
+    batch-innermost layout that layer reads (:func:`kernels.pool_to_grid`), saving it a
+    transposing copy.
+    """
 
     def __init__(self, conv: nn.Conv2d, *, pool: bool = False, relu: bool = False) -> None:
         super().__init__()
         self.conv, self.pool, self.relu = conv, pool, relu
+        self.grid_output = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
+        if self.pool and self.grid_output and x.device.type == "cpu" and x.dtype == torch.float32:
+            return torch.from_numpy(kernels.pool_to_grid(x.detach(), relu=self.relu)).permute(3, 0, 1, 2)
         if self.pool:
             x = F.max_pool2d(x, 2)
         return F.relu(x) if self.relu else x
 
     def extra_repr(self) -> str:
-        return f"pool={self.pool}, relu={self.relu}"
+        return f"pool={self.pool}, relu={self.relu}" + (", grid_output=True" if self.grid_output else "")
 
 
 class FusedLinear(nn.Module):
@@ -666,13 +675,31 @@ def _capture_input(model: nn.Module, block: nn.Module, example_input: torch.Tens
     return None
 
 
+def _consumer(model: nn.Module, name: str, kinds: tuple[type, ...]) -> bool:
+    """Whether the layer ``name`` of the fx-traced ``model`` feeds exactly one layer, of one of ``kinds``."""
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        return False
+    node = next((n for n in graph.nodes if n.op == "call_module" and n.target == name), None)
+    user = None if node is None else _only_user(node)
+    return user is not None and user.op == "call_module" and isinstance(model.get_submodule(user.target), kinds)
+
+
+def _link_grid_outputs(model: nn.Module) -> None:
+    """Let each dense pooled block whose only consumer is a Numba :class:`SparseConv2d` write that
+    layer's input layout directly (:attr:`FusedConv2d.grid_output`), and no other."""
+    for name, block in model.named_modules():
+        if isinstance(block, FusedConv2d):
+            block.grid_output = block.pool and kernels.available() and _consumer(model, name, (SparseConv2d,))
+
+
 @torch.no_grad()
 def to_sparse_inference(
     model: nn.Module,
     example_input: torch.Tensor | None = None,
     *,
     repeats: int = 15,
-    margin: float = 0.95,
+    margin: float = 0.85,
     budget_s: float = 0.3,
     backend: str = "auto",
     report: list[LayerChoice] | None = None,
@@ -688,7 +715,9 @@ def to_sparse_inference(
       sees, in alternation (best of at most ``repeats`` pairs, about
       ``budget_s`` seconds per layer), and sparse is kept only if it takes at
       most ``margin`` times the dense time, so near-ties stay dense and, timing
-      noise aside, the converted model is never slower than the dense one;
+      noise aside, the converted model is never slower than the dense one (the
+      default leaves room for the noise of a busy 2-core machine, where single
+      timings vary by 10-30 %);
     * without it, a layer goes sparse when its density is at most
       :data:`DENSITY_RULE` for its kind and backend.
 
@@ -716,6 +745,8 @@ def to_sparse_inference(
             sparse = _build_sparse(block, chosen)
             x = None if example_input is None else _capture_input(prepared, block, example_input)
             if x is not None:
+                # a pooled dense block is timed as it would run before a sparse consumer (its usual one)
+                block.grid_output = chosen == "numba" and _consumer(prepared, name, (FusedConv2d, SparseConv2d))
                 pair = {"dense": partial(block, x), "sparse": partial(sparse, x)}
                 times = time_interleaved(pair, repeats=repeats, budget_s=budget_s, device=device)
                 # the minimum: other processes only ever add time, so it is the stable estimate
@@ -734,6 +765,7 @@ def to_sparse_inference(
                 choice.backend = chosen
                 prepared = replace_module(prepared, name, sparse)
         choices.append(choice)
+    _link_grid_outputs(prepared)
     if all_dense is not None and any(c.sparse for c in choices):
         # Layers timed one by one can still lose together (runtimes with their own thread pools take
         # turns): the whole model must beat the all-dense one on the example, or it stays dense.

@@ -1,26 +1,33 @@
-"""Sparse CPU kernels for inference, compiled with Numba: one sparse-row kernel serves convolutions and linear layers.
+"""Sparse CPU kernels for inference, compiled with Numba: one sparse product serves convolutions and linear layers.
 
 Every sparse layer is reduced to the same product (Park et al. 2017, "Faster
 CNNs with direct sparse convolutions"; SparseProp, Nikdan et al. 2023)::
 
-    out[o, q] = bias[o] + sum over the non-zeros k of row o:  value[k] * src[row[k], shift[k] + q]
+    out[o, y, i] = bias[o] + sum over the non-zeros k of row o:  value[k] * src[offset[k] + y*row + i]
 
-for ``q`` in ``0 .. length - 1``. Each output channel ``o`` keeps its non-zero
-weights only; ``src`` is a dense 2-D array whose inner dimension is contiguous,
-so the loop over ``q`` is an axpy that vectorises; rows run in parallel.
+Each output channel ``o`` keeps its non-zero weights only, each as the place
+``offset[k]`` where its input starts in ``src``, a flat array in which the
+batch is the innermost axis (SparseProp's layout), so that the loop over ``i``,
+a grid row's (x, b) elements, is a contiguous axpy that vectorises:
 
-* a convolution with stride 1 uses its zero-padded input directly, one row
-  per input channel holding the whole batch as one flat, padded grid: the tap
-  ``(kh, kw)`` of a weight is the shift ``kh*dh*Wp + kw*dw`` on that grid, so no
-  im2col matrix is built (outputs on the padding are computed and dropped);
-* any other convolution (stride 2, or outputs too small for the padding to be
-  worth computing) uses the im2col matrix, one row per (channel, tap), shift 0;
+* a convolution with stride 1 reads its zero-padded input (C, Hp, Wp, B)
+  directly: tap ``(ky, kx)`` of input channel ``c`` is the offset
+  ``((c*Hp + ky*dy)*Wp + kx*dx)*B``, so no im2col matrix is built and, row by
+  row, no output on the padding is computed;
+* any other convolution uses an im2col matrix (C*kh*kw, Ho*Wo*B);
 * a linear layer uses ``x`` transposed (one row per input feature, the batch
   contiguous); at batch 1 a dedicated kernel gathers ``x`` at the column
   indices, stored as 16-bit integers where they fit (sparse matrix-vector product).
 
-The epilogue adds the bias (a BatchNorm folded into it), and optionally takes
-the 2x2 max pool and the ReLU, in the same pass over the output.
+The work is cut into tiles of a few grid rows by a block of output channels
+(the loop order of a blocked GEMM): every channel of a tile reads the same part
+of ``src``, which stays in cache, its accumulator stays in L1, and eight
+non-zeros are folded in per pass over it. Tiles run in parallel on torch's
+threads. The epilogue adds the bias (a BatchNorm folded into it), and
+optionally takes the 2x2 max pool and the ReLU, as it writes the output in the
+same batch-innermost layout, which the next sparse layer reads with a plain
+copy. Inputs from dense layers (NCHW or channels_last) are transposed into it by
+blocked copies (:func:`to_grid`, or :func:`pool_to_grid` fused with a pool).
 
 Numba is a pip wheel (no compiler on the user's machine) and ``cache=True``
 keeps the compiled kernels on disk after the first use. Without it
@@ -42,7 +49,7 @@ except ImportError as error:  # pragma: no cover - exercised by monkeypatching i
     numba = None
     _IMPORT_ERROR = f"numba is not installed ({error}); pip install numba"
 
-__all__ = ["available", "im2col", "sparse_tiles", "spmv", "to_grid", "unavailable_reason"]
+__all__ = ["available", "im2col", "pool_to_grid", "sparse_tiles", "spmv", "to_grid", "unavailable_reason"]
 
 
 def available() -> bool:
@@ -192,6 +199,52 @@ if numba is not None:
                         block[c, b] = line[c]
                 padded[:, top + y, left + w] = block
 
+    @njit(cache=True, inline="always")
+    def _max4(a, b, c, d, floor):  # pragma: no cover - jitted
+        # max(a, b, c, d, floor) in compare-and-select form, which LLVM turns into vector max instructions
+        # (floor: 0 for a fused ReLU, -inf for none)
+        m = a if a > b else b
+        n = c if c > d else d
+        m = m if m > n else n
+        return m if m > floor else floor
+
+    @njit(cache=True, parallel=True)
+    def _nchw_pool_to_grid(x, relu, out):  # pragma: no cover - jitted
+        # out[c, y, w, b] = max of x[b, c, 2y:2y+2, 2w:2w+2] (then ReLU), one (c, y) row of all images at a time
+        batch, channels = x.shape[0], x.shape[1]
+        height, width = out.shape[1], out.shape[2]
+        floor = np.float32(0.0 if relu else -np.inf)
+        for cy in prange(channels * height):
+            c, y = cy // height, cy % height
+            block = np.empty((width, batch), dtype=np.float32)
+            for b in range(batch):
+                top, bottom = x[b, c, 2 * y], x[b, c, 2 * y + 1]
+                for w in range(width):
+                    block[w, b] = _max4(top[2 * w], top[2 * w + 1], bottom[2 * w], bottom[2 * w + 1], floor)
+            out[c, y] = block
+
+    @njit(cache=True, parallel=True)
+    def _nhwc_pool_to_grid(x, relu, out):  # pragma: no cover - jitted
+        # out[c, y, w, b] = max of x[b, 2y:2y+2, 2w:2w+2, c] (then ReLU), one pixel of all images at a time
+        batch, channels = x.shape[0], x.shape[3]
+        height, width = out.shape[1], out.shape[2]
+        floor = np.float32(0.0 if relu else -np.inf)
+        for y in prange(height):
+            pooled = np.empty((batch, channels), dtype=np.float32)
+            block = np.empty((channels, batch), dtype=np.float32)
+            for w in range(width):
+                for b in range(batch):  # pool along the channels (vectorised), then transpose in L1
+                    a, bb = x[b, 2 * y, 2 * w], x[b, 2 * y, 2 * w + 1]
+                    cc, d = x[b, 2 * y + 1, 2 * w], x[b, 2 * y + 1, 2 * w + 1]
+                    line = pooled[b]
+                    for c in range(channels):
+                        line[c] = _max4(a[c], bb[c], cc[c], d[c], floor)
+                for b in range(batch):
+                    line = pooled[b]
+                    for c in range(channels):
+                        block[c, b] = line[c]
+                out[:, y, w] = block
+
     @njit(cache=True, inline="always", fastmath=True)
     def _dot_row(o, indptr, cols, values, x, bias, relu, out):  # pragma: no cover - jitted
         # slices indexed from 0 and unsigned column indices: LLVM vectorises the gather-multiply-add
@@ -289,6 +342,20 @@ def to_grid(x: torch.Tensor, top: int, left: int, padded: np.ndarray) -> np.ndar
     else:
         _run(_nchw_to_grid, _nchw_to_grid, (x.contiguous().numpy(), top, left, padded), True)
     return padded
+
+
+def pool_to_grid(x: torch.Tensor, *, relu: bool = False) -> np.ndarray:
+    """2x2/2 max pool (then ReLU) of a (B, C, H, W) float32 batch in NCHW or channels_last memory,
+    written in the batch-innermost layout (C, H/2, W/2, B) of :func:`sparse_tiles`: one pass that
+    also does the transposing copy the next sparse layer would make (``F.max_pool2d`` alone takes
+    several times longer on a channels_last batch)."""
+    batch, channels, height, width = x.shape
+    out = np.empty((channels, height // 2, width // 2, batch), dtype=np.float32)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        _run(_nhwc_pool_to_grid, _nhwc_pool_to_grid, (x.permute(0, 2, 3, 1).numpy(), relu, out), True)
+    else:
+        _run(_nchw_pool_to_grid, _nchw_pool_to_grid, (x.contiguous().numpy(), relu, out), True)
+    return out
 
 
 def spmv(

@@ -25,6 +25,7 @@ from dynprune_lib import (
     sparsify,
     to_sparse_inference,
 )
+from dynprune_lib._utils import replace_module
 from dynprune_lib.inference import (
     FusedConv2d,
     FusedLinear,
@@ -272,6 +273,30 @@ def test_an_untraceable_model_is_converted_layer_by_layer_and_says_so():
     for x in (torch.ones(2, 8), -torch.ones(2, 8)):
         with torch.no_grad():
             assert close(converted(x), model(x))
+
+
+@needs_numba
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_dense_block_writes_the_layout_of_the_sparse_layer_after_it(channels_last):
+    """A pooled dense block whose only consumer is a sparse convolution pools straight into that
+    layer's batch-innermost layout (kernels.pool_to_grid); with a dense consumer it does not."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(), _pruned(nn.Conv2d(8, 16, 3, padding=1), 0.8)
+    ).eval()
+    prepared, _ = prepare_for_inference(model)
+    x = torch.randn(16, 3, 10, 10)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        inference._link_grid_outputs(prepared)
+        block = prepared.get_submodule("0")
+        assert block.pool and not block.grid_output  # its consumer is still dense
+        replace_module(prepared, "3", SparseConv2d(prepared.get_submodule("3").conv))
+        inference._link_grid_outputs(prepared)
+        assert block.grid_output
+        assert block(x).permute(1, 2, 3, 0).is_contiguous()  # what the sparse layer copies as it is
+        assert close(prepared(x), model(x))
 
 
 # --------------------------------------------------------------------------- whole models
