@@ -693,6 +693,40 @@ def _link_grid_outputs(model: nn.Module) -> None:
             block.grid_output = block.pool and kernels.available() and _consumer(model, name, (SparseConv2d,))
 
 
+def _never_slower(
+    model: nn.Module,
+    prepared: nn.Module,
+    all_dense: nn.Module,
+    choices: list[LayerChoice],
+    x: torch.Tensor,
+    repeats: int,
+    budget_s: float,
+    margin: float,
+) -> nn.Module:
+    """The whole converted model against the same graph with every layer dense and against the plain
+    dense model it came from: layers faster one by one can still lose together (runtimes with thread
+    pools of their own take turns), and at batch 1 the graph's own overhead counts. Sparse layers are
+    kept only if the whole model takes at most ``margin`` times the faster dense one; the deployment
+    graph only if it takes at most ``margin`` times the plain model."""
+    plain = densify(copy.deepcopy(model)).eval()
+    variants = {"plain": partial(plain, x), "dense": partial(all_dense, x)}
+    if any(c.sparse for c in choices):
+        variants["sparse"] = partial(prepared, x)
+    slowest = max(min(t) for t in time_interleaved(variants, repeats=1).values())
+    block = max(1, min(20, int(0.05 / max(slowest, 1e-6))))
+    times = time_interleaved(variants, repeats=repeats, budget_s=len(variants) * budget_s, block=block, device=x.device)
+    best = {name: min(t) for name, t in times.items()}
+    if "sparse" in best:
+        ratio = best["sparse"] / min(best["plain"], best["dense"])
+        if ratio <= margin:
+            return prepared
+        for choice in choices:
+            if choice.sparse:
+                choice.sparse, choice.backend = False, "dense"
+                choice.reason += f"; reverted: the whole model took {ratio:.2f}x the dense time"
+    return all_dense if best["dense"] <= margin * best["plain"] else plain
+
+
 @torch.no_grad()
 def to_sparse_inference(
     model: nn.Module,
@@ -720,6 +754,12 @@ def to_sparse_inference(
       timings vary by 10-30 %);
     * without it, a layer goes sparse when its density is at most
       :data:`DENSITY_RULE` for its kind and backend.
+
+    With ``example_input`` the whole result is then timed against the plain dense
+    model and the all-dense deployment graph: sparse layers stay only if the
+    whole model is at most ``margin`` times the faster of the two, and without
+    them the deployment graph is returned only if it beats the plain dense model
+    (``densify`` of a copy) by that margin, else that plain model is.
 
     ``backend``: ``"auto"`` (Numba on CPU float32, else ``torch.sparse``),
     ``"numba"`` (error where it cannot run) or ``"torch.sparse"``. The copy is
@@ -766,19 +806,8 @@ def to_sparse_inference(
                 prepared = replace_module(prepared, name, sparse)
         choices.append(choice)
     _link_grid_outputs(prepared)
-    if all_dense is not None and any(c.sparse for c in choices):
-        # Layers timed one by one can still lose together (runtimes with their own thread pools take
-        # turns): the whole model must beat the all-dense one on the example, or it stays dense.
-        pair = {"dense": partial(all_dense, example_input), "sparse": partial(prepared, example_input)}
-        block = max(1, min(20, int(0.05 / max(min(time_interleaved(pair, repeats=1)["dense"]), 1e-6))))
-        times = time_interleaved(pair, repeats=repeats, budget_s=2 * budget_s, block=block, device=example_input.device)
-        ratio = min(times["sparse"]) / min(times["dense"])
-        if ratio > margin:
-            for choice in choices:
-                if choice.sparse:
-                    choice.sparse, choice.backend = False, "dense"
-                    choice.reason += f"; reverted: the whole model took {ratio:.2f}x the all-dense time"
-            prepared = all_dense
+    if all_dense is not None:
+        prepared = _never_slower(model, prepared, all_dense, choices, example_input, repeats, budget_s, margin)
     if report is not None:
         report.extend(choices)
     return prepared

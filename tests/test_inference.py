@@ -356,7 +356,9 @@ def test_timing_decides_per_layer(models, monkeypatch):
     x = torch.randn(1, 3, 8, 8)
     for dense_time, sparse_time, expect_sparse in [(1.0, 0.5, True), (1.0, 0.97, False), (1.0, 2.0, False)]:
         monkeypatch.setattr(
-            inference, "time_interleaved", lambda fns, d=dense_time, s=sparse_time, **_: {"dense": [d], "sparse": [s]}
+            inference,
+            "time_interleaved",
+            lambda fns, d=dense_time, s=sparse_time, **_: {"dense": [d], "sparse": [s], "plain": [2 * d]},
         )
         report: list[LayerChoice] = []
         converted = to_sparse_inference(model, x, report=report)
@@ -425,13 +427,24 @@ def test_cuda(models):
     assert all(c.backend in ("torch.sparse", "dense") for c in report)
 
 
-def test_all_dense_choice_equals_the_prepared_model(models):
-    """With every layer left dense the result is the deployment graph: BatchNorm folded, same function."""
+@pytest.mark.parametrize("graph_faster", [True, False])
+def test_all_dense_choice_is_the_faster_of_the_deployment_graph_and_the_plain_model(models, monkeypatch, graph_faster):
+    """With every layer left dense the result is the deployment graph (BatchNorm folded) when it
+    measures faster than the plain dense model, else that plain model: never slower than either."""
     model = models["cnn"]
     x = torch.randn(2, 3, 8, 8)
-    converted = to_sparse_inference(model, x, margin=0.0, repeats=1, budget_s=0.0)  # never sparse
+
+    def fake(fns, **_):  # every layer: sparse loses; the whole model: the graph wins or loses
+        return {name: [{"sparse": 2.0, "dense": 0.5 if graph_faster else 1.0}.get(name, 1.0)] for name in fns}
+
+    monkeypatch.setattr(inference, "time_interleaved", fake)
+    converted = to_sparse_inference(model, x)
     with torch.no_grad():
-        assert torch.equal(converted(x), prepare_for_inference(model)[0](x))
+        if graph_faster:
+            assert torch.equal(converted(x), prepare_for_inference(model)[0](x))
+        else:
+            assert not any(isinstance(m, (FusedConv2d, FusedLinear)) for m in converted.modules())
+            assert torch.equal(converted(x), densify(copy.deepcopy(model))(x))
         assert close(F.softmax(converted(x), 1), F.softmax(model(x), 1))
 
 
@@ -456,7 +469,7 @@ def test_a_model_whose_sparse_layers_lose_together_stays_dense(models, monkeypat
 
     def fake(fns, **_):
         whole_model = not isinstance(fns["dense"].func, (FusedLinear, FusedConv2d))
-        return {"dense": [1.0], "sparse": [1.5 if whole_model else 0.5]}
+        return {name: [1.5 if name == "sparse" and whole_model else 0.5 if name == "sparse" else 1.0] for name in fns}
 
     monkeypatch.setattr(inference, "time_interleaved", fake)
     report: list[LayerChoice] = []
