@@ -120,7 +120,21 @@ class _DynamicSparseMixin:
         self.pruned_values = None
 
     def reset_parameters(self) -> None:  # called by nn.Linear/nn.Conv2d __init__ too
-        super().reset_parameters()  # type: ignore[misc]
+        if self.weight.device.type in ("cpu", "meta"):
+            super().reset_parameters()  # type: ignore[misc]
+        else:
+            # Initialised on the CPU, as a layer built there and moved would be: the same seed then gives
+            # the same weights, and the same CPU random stream for every later mask, on every device
+            # (a CUDA layer's own init would draw from the CUDA generator and leave the CPU one behind).
+            with torch.no_grad():
+                params = [p for p in (self.weight, getattr(self, "bias", None)) if p is not None]
+                on_device = [p.data for p in params]
+                for p in params:
+                    p.data = torch.empty_like(p, device="cpu")
+                super().reset_parameters()  # type: ignore[misc]
+                for p, data in zip(params, on_device):
+                    data.copy_(p.data)
+                    p.data = data
         if getattr(self, "mask", None) is not None:
             self._init_random_mask()
 
