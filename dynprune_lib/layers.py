@@ -120,7 +120,21 @@ class _DynamicSparseMixin:
         self.pruned_values = None
 
     def reset_parameters(self) -> None:  # called by nn.Linear/nn.Conv2d __init__ too
-        super().reset_parameters()  # type: ignore[misc]
+        if self.weight.device.type in ("cpu", "meta"):
+            super().reset_parameters()  # type: ignore[misc]
+        else:
+            # Initialised on the CPU, as a layer built there and moved would be: the same seed then gives
+            # the same weights, and the same CPU random stream for every later mask, on every device
+            # (a CUDA layer's own init would draw from the CUDA generator and leave the CPU one behind).
+            with torch.no_grad():
+                params = [p for p in (self.weight, getattr(self, "bias", None)) if p is not None]
+                on_device = [p.data for p in params]
+                for p in params:
+                    p.data = torch.empty_like(p, device="cpu")
+                super().reset_parameters()  # type: ignore[misc]
+                for p, data in zip(params, on_device):
+                    data.copy_(p.data)
+                    p.data = data
         if getattr(self, "mask", None) is not None:
             self._init_random_mask()
 
@@ -212,7 +226,7 @@ class _DynamicSparseMixin:
                 )
             return
         new_mask = self.magnitude_mask(n_zeros(sparsity, self.weight.numel()), generator=generator)
-        self.apply_mask(new_mask, optimizer=optimizer, keep_pruned=True)
+        self.apply_mask(new_mask, optimizer=optimizer, keep_pruned=True, restore=True)
 
     @torch.no_grad()
     def apply_mask(
@@ -221,14 +235,18 @@ class _DynamicSparseMixin:
         *,
         optimizer: torch.optim.Optimizer | None = None,
         keep_pruned: bool = False,
+        restore: bool = False,
     ) -> tuple[int, int]:
         """Install ``new_mask`` (bool, the weight's shape); return ``(n_pruned, n_grown)``.
 
         The one way masks change, used by :meth:`set_sparsity` and every
         scheduler (write your own on top of it). Pruned weights are set to zero
-        (their values go to ``pruned_values`` when ``keep_pruned``); grown
-        weights take their kept value if any, else zero (DSR: new weights start
-        at zero). Optimizer state of changed positions is reset.
+        (their values go to ``pruned_values`` when ``keep_pruned``). Grown
+        weights start at zero, as a regrowth of DSR (the reference's
+        ``reinitialize_unused``), SET and RigL does; only with ``restore``
+        (:meth:`set_sparsity` lowering the sparsity on purpose) do they take
+        the value kept when they were pruned. Optimizer state of changed
+        positions is reset.
         """
         if self.mask is None:
             raise ValueError("apply_mask needs a layer built with sparse=True (this one has no mask)")
@@ -242,11 +260,12 @@ class _DynamicSparseMixin:
                 self.pruned_values = torch.zeros_like(self.weight)
             self.pruned_values[pruned] = self.weight[pruned]
         if n_grown:
-            if self.pruned_values is not None:
+            if restore and self.pruned_values is not None:
                 self.weight[grown] = self.pruned_values[grown]
-                self.pruned_values.masked_fill_(grown, 0)
             else:
                 self.weight.masked_fill_(grown, 0)
+            if self.pruned_values is not None:  # a kept value belongs to the weight that was pruned, not to a new one
+                self.pruned_values.masked_fill_(grown, 0)
         self.mask.copy_(new_mask)
         self.weight.masked_fill_(~new_mask, 0)
         if n_pruned or n_grown:
@@ -629,7 +648,9 @@ def sparsify(
             pattern (``"features.*"``), a list of patterns, or a predicate
             ``f(name, module) -> bool``. ``exclude`` wins over ``include``.
         keep_ends_dense: leave the first convolution and the last linear layer (the
-            classifier) dense, as DSR does (Mostafa & Wang 2019, sec. 4). Default:
+            classifier) dense, as the DSR reference's WRN does (its first convolution
+            and classifier are plain layers; its MNIST MLP and ResNet-50 classifier
+            are sparse, so this is a choice per network, not DSR's rule). Default:
             True unless ``include`` is given.
         distribution: ``"uniform"`` (every layer at ``sparsity``) or ``"erk"``
             (Erdős–Rényi-Kernel, :func:`erk_sparsities`).

@@ -62,7 +62,8 @@ class MLP(nn.Module):
 
     Flatten - [DynamicLinear - ReLU] x len(hidden) - DynamicLinear(num_classes).
     Every layer starts with a random mask at ``sparsity`` (DSR initialisation);
-    ``dense_first_last`` keeps the input and output layers dense, as DSR does.
+    ``dense_first_last`` keeps the input and output layers dense, as the DSR
+    reference's WRN does (its MNIST MLP and ResNet-50 classifier are sparse).
     The paper gives no sizes; the default ``hidden=(1024, 512)`` on flattened
     CIFAR-10 images has 3.68 M weights.
     """

@@ -216,6 +216,11 @@ class _MaskScheduler:
     def _load_extra_state(self, state: Mapping[str, Any]) -> None:
         pass
 
+    def hparams(self) -> dict[str, Any]:
+        """The hyperparameters the scheduler was built with (part of :meth:`state_dict` and of
+        ``fit``'s checkpoint fingerprint: a run resumes only under the same ones)."""
+        return {"seed": self.seed}
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume identically; loads with ``torch.load(weights_only=True)``.
 
@@ -223,6 +228,7 @@ class _MaskScheduler:
         """
         return {
             "type": type(self).__name__,
+            "hparams": self.hparams(),
             "step_count": self.step_count,
             "epoch": self.epoch,
             "generator": self.generator.get_state(),
@@ -233,11 +239,19 @@ class _MaskScheduler:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if not isinstance(state, Mapping):
             raise TypeError(f"state must be a mapping from state_dict(), got {type(state).__name__}")
-        missing = {"type", "step_count", "epoch", "generator", "log"} - set(state)
+        missing = {"type", "hparams", "step_count", "epoch", "generator", "log"} - set(state)
         if missing:
             raise ValueError(f"state is missing keys {sorted(missing)}")
         if state["type"] != type(self).__name__:
             raise ValueError(f"state is from a {state['type']} scheduler, not a {type(self).__name__}")
+        mine = self.hparams()
+        differ = {k: (state["hparams"].get(k), v) for k, v in mine.items() if state["hparams"].get(k) != v}
+        if differ or set(state["hparams"]) != set(mine):
+            details = "; ".join(f"{k}: state {a!r} vs this scheduler {b!r}" for k, (a, b) in differ.items())
+            raise ValueError(
+                f"state was made by a {state['type']} with other hyperparameters ({details or 'other names'}); "
+                "build the scheduler as the run that saved it did"
+            )
         self.step_count = check_int(state["step_count"], "state['step_count']")
         self.epoch = check_int(state["epoch"], "state['epoch']")
         self.generator.set_state(state["generator"].cpu())
@@ -266,7 +280,7 @@ class DSR(_MaskScheduler):
 
     The number of live (mask) weights is the same after every update.
 
-    ``N_p`` is, as in the reference (``--n-realloc-params``, default 600), an
+    ``N_p`` is, as in the reference (``--n-prune-params``, default 600), an
     absolute number of weights reallocated per update, summed over all layers;
     ``prune_fraction`` is a convenience that sets it to that fraction of the live
     weights at construction.
@@ -281,12 +295,15 @@ class DSR(_MaskScheduler):
         period: iterations between updates, either an int (100 in the reference) or
             a schedule ``{first_epoch: period}`` looked up with the current epoch
             (as the reference's ``rewire_period_schedule``; a period of 0 stops
-            updates), e.g. ``{0: 100, 25: 200, 80: 400, 140: 800}`` to lengthen it
-            as training goes (the reference reads its schedule from
-            ``learning_schedules/*.yaml``; we could not retrieve those files, so no
-            schedule is hard-coded here). Updates happen when the global step count
+            updates), e.g. ``{0: 100, 25: 200, 80: 400, 140: 800, 190: 0}``, the
+            reference's WRN schedule (``learning_schedules/wrnet_schedule.yaml``
+            with ``--stop-rewire-epoch 190``; the study's recipes use it). Updates
+            happen when the global step count
             is a multiple of the current period (the reference tests the 0-based
             iteration index, i.e. updates one step later).
+        end_step: no updates after this step (the reference's
+            ``--stop-rewire-epoch``, here in steps so a short run can stop
+            mid-epoch); ``None``: updates as long as the period says.
         seed: seed of the scheduler's own generator.
     """
 
@@ -300,9 +317,11 @@ class DSR(_MaskScheduler):
         tolerance: float = 0.1,
         initial_threshold: float = 1e-3,
         period: int | Mapping[int, int] = 100,
+        end_step: int | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(model, optimizer, seed=seed)
+        self.end_step = None if end_step is None else check_int(end_step, "end_step", 1)
         if n_prune is not None and prune_fraction is not None:
             raise ValueError("give n_prune or prune_fraction, not both")
         if prune_fraction is not None:
@@ -311,9 +330,10 @@ class DSR(_MaskScheduler):
             n_prune = max(1, round(prune_fraction * n_live))
         self.n_prune = check_int(600 if n_prune is None else n_prune, "n_prune", 1)
         self.tolerance = check_real(tolerance, "tolerance", 0.0, 1.0, high_open=True)
-        self.threshold = check_real(
+        self.initial_threshold = check_real(
             initial_threshold, "initial_threshold", 0.0, math.inf, low_open=True, high_open=True
         )
+        self.threshold = self.initial_threshold
         self.period = self._check_period(period)
         self._record([self.threshold] * len(self.layers), [(0, 0)] * len(self.layers))
 
@@ -340,7 +360,7 @@ class DSR(_MaskScheduler):
 
     def _due(self, step: int) -> bool:
         p = self.current_period()
-        return p > 0 and step % p == 0
+        return p > 0 and step % p == 0 and (self.end_step is None or step <= self.end_step)
 
     def _propose(self) -> tuple[list[Tensor], list[float]]:
         H = self.threshold
@@ -380,6 +400,16 @@ class DSR(_MaskScheduler):
         out["threshold"] = self.threshold
         return out
 
+    def hparams(self) -> dict[str, Any]:
+        return {
+            **super().hparams(),
+            "n_prune": self.n_prune,
+            "tolerance": self.tolerance,
+            "initial_threshold": self.initial_threshold,
+            "period": dict(self.period) if isinstance(self.period, dict) else self.period,
+            "end_step": self.end_step,
+        }
+
     def _extra_state(self) -> dict[str, Any]:
         return {"threshold": self.threshold}
 
@@ -406,6 +436,9 @@ class _PruneRegrow(_MaskScheduler):
         self.period = check_int(period, "period", 1)
         self.end_step = None if end_step is None else check_int(end_step, "end_step", 1)
         self._record([math.nan] * len(self.layers), [(0, 0)] * len(self.layers))
+
+    def hparams(self) -> dict[str, Any]:
+        return {**super().hparams(), "fraction": self.fraction, "period": self.period, "end_step": self.end_step}
 
     def fraction_at(self, step: int) -> float:
         """Fraction of live weights replaced at ``step``: ``f/2 (1 + cos(pi t / T_end))``, or ``f`` if no end."""
@@ -636,6 +669,18 @@ class MagnitudePruning(_MaskScheduler):
             dropped = m.mask & ~new
             thresholds.append(float(m.weight.detach().abs()[dropped].max().item()) if dropped.any() else math.nan)
         return masks, thresholds
+
+    def hparams(self) -> dict[str, Any]:
+        return {
+            **super().hparams(),
+            "sparsity": self.final_sparsity,
+            "initial_sparsity": self.initial_sparsity,
+            "scope": self.scope,
+            "unit": self.unit,
+            "begin": self.begin,
+            "end": self.end,
+            "frequency": self.frequency,
+        }
 
     def _extra_state(self) -> dict[str, Any]:
         return {"target": self._target}

@@ -102,6 +102,11 @@ class StepSchedule:
         epoch_end = getattr(self.pruner, "epoch_end", None)
         return dict(epoch_end(epoch)) if callable(epoch_end) else {}
 
+    def hparams(self) -> dict[str, Any]:
+        """The pruner's hyperparameters (what ``fit``'s checkpoint fingerprint compares) and its type."""
+        hparams = getattr(self.pruner, "hparams", None)
+        return {"pruner": type(self.pruner).__name__, **(hparams() if callable(hparams) else {})}
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "lr_scheduler": self.lr_scheduler.state_dict(),
@@ -379,6 +384,7 @@ def _fingerprint(model, optimizer, train_loader, pruner, precision) -> dict[str,
         "optimizer_defaults": repr(sorted(hyper.items())),
         "batches_per_epoch": len(train_loader) if hasattr(train_loader, "__len__") else -1,
         "pruner": type(pruner).__name__ if pruner is not None else "",
+        "pruner_hparams": repr(sorted(pruner.hparams().items())) if hasattr(pruner, "hparams") else "",
         "precision": precision,
     }
 

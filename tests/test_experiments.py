@@ -176,12 +176,31 @@ def test_every_method_trains_reaches_its_sparsity_and_resumes(tmp_path, method):
         assert "sparsity" in run.history.columns
     if method == "dsr":
         assert "threshold" in run.history.columns
-    if method in ("dsr", "set", "rigl"):
-        assert len(set(run.layer_sparsity.values())) > 1  # ERK: denser where a layer is small
+    if method in ("dsr", "set", "rigl"):  # the DSR reference's start: every sparse layer alike
+        assert len(set(run.layer_sparsity.values())) == 1 and config.distribution == "uniform"
     # Finished: a second call restores the run instead of training (the same wall times come back).
     again = study.train_run(config, data, method, seed=0, run_dir=tmp_path, progress=False, verbose=False)
     pd.testing.assert_frame_equal(again.history, run.history)
     assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), run.model.state_dict().values()))
+
+
+def test_dsr_schedule_derived_from_the_reference_gives_the_reference_back_on_its_own_protocol():
+    """On WRN-28-2 for 200 epochs of 500 steps the derivation returns the reference's own settings
+    (--n-prune-params 20000, wrnet_schedule.yaml's periods, --stop-rewire-epoch 190); on the cpu
+    profile's 10 epochs of 391 steps, its phases at the same fractions and updates per epoch."""
+    recipe = study.WRN_RECIPES["wrn-28-2-dsr0.9"]
+    wrn = dp.WideResNet(recipe.depth, recipe.widen_factor, sparse=True, sparsity=0.9)
+    cpu = study.experiment_profile("dynamic_cnn", "cpu")
+    reference = study.dsr_schedule(dataclasses.replace(cpu, epochs=200), wrn, 500)
+    assert reference == {"n_prune": 20_000, "period": {0: 100, 25: 200, 80: 400, 140: 800}, "end_step": 190 * 500}
+    ours = study.dsr_schedule(cpu, study.build_model(cpu), 391)
+    assert ours["period"] == {0: 78, 1: 156, 4: 313, 7: 626}  # 100 * 391 / 500 = 78.2, ...
+    assert ours["end_step"] == round(0.95 * 3910)
+    cnn_weights = sum(m.weight.numel() for _, m in dp.sparse_modules(study.build_model(cpu)))
+    wrn_weights = sum(m.weight.numel() for _, m in dp.sparse_modules(wrn))
+    assert ours["n_prune"] == round(20_000 * cnn_weights / wrn_weights)
+    fixed = study.dsr_schedule(dataclasses.replace(cpu, dsr_n_prune=600, dsr_period=((0.0, 100), (0.5, 0))), wrn, 391)
+    assert fixed["n_prune"] == 600 and fixed["period"] == {0: 100, 5: 0}  # a profile's own values win
 
 
 def test_dsr_period_schedule_follows_the_epochs_fit_runs(tmp_path):

@@ -492,3 +492,31 @@ def test_densify_round_trip_outputs_equal():
     assert all(type(m) in (nn.Conv2d, nn.Linear) for m in dense.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     torch.testing.assert_close(dense(x), out)
     assert int((dense[2].weight == 0).sum()) == int((~net[2].mask).sum())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_same_seed_gives_the_same_masks_and_weights_on_cpu_and_cuda():
+    """A layer built on the GPU is initialised on the CPU, as one built there and moved: the same
+    seed gives the same masks (and weights) for every layer of a model, whatever the device."""
+
+    def build(device):
+        torch.manual_seed(0)
+        return [
+            DynamicConv2d(3, 8, 3, initial_sparsity=0.7, device=device),
+            DynamicLinear(32, 16, 0.9, device=device),
+            DynamicLinear(16, 4, 0.5, device=device),
+        ]
+
+    for cpu, gpu in zip(build("cpu"), build("cuda")):
+        assert gpu.weight.device.type == "cuda"
+        assert torch.equal(cpu.mask, gpu.mask.cpu()) and torch.equal(cpu.weight, gpu.weight.cpu())
+
+
+def test_layers_built_on_the_cpu_keep_their_initialisation():
+    """The CPU path is nn.Linear's own initialisation, then the mask: the same draws as before."""
+    torch.manual_seed(0)
+    layer = DynamicLinear(20, 10, 0.5)
+    torch.manual_seed(0)
+    plain = nn.Linear(20, 10)
+    torch.testing.assert_close(layer.weight, plain.weight * layer.mask)
+    torch.testing.assert_close(layer.bias, plain.bias)

@@ -195,6 +195,34 @@ def test_dsr_keeps_at_least_one_weight_per_layer():
     assert pruner.log[-1]["pruned"] == 49 and int(model[0].mask.sum()) == 50
 
 
+@pytest.mark.parametrize("make_pruner", [DSR, SET, RigL], ids=["dsr", "set", "rigl"])
+def test_regrown_weights_start_at_zero_after_a_magnitude_sparsify(make_pruner):
+    """The reference rule (DSR's reinitialize_unused, RigL's zero init): a regrown weight starts at
+    zero, even where a magnitude sparsify kept the value it had before it was pruned."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(96, 20), nn.ReLU(), nn.Linear(20, 4))
+    sparsify(model, 0.9, keep_ends_dense=False)  # magnitude masks: the pruned values are kept
+    layers = dict(sparse_modules(model))
+    assert all(m.pruned_values is not None and m.pruned_values.count_nonzero() > 0 for m in layers.values())
+    before = masks(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: weights move only through the update
+    kwargs = {"n_prune": 50, "initial_threshold": 10.0} if make_pruner is DSR else {}
+    pruner = make_pruner(model, opt, **kwargs)
+    x, y = batches(1)[0]
+    if make_pruner is RigL:  # it grows where the dense gradient is largest
+        for layer in layers.values():
+            layer.keep_dense_grad = True
+        F.cross_entropy(model(x), y).backward()
+    pruner.update()
+    grown = 0
+    for name, layer in layers.items():
+        new = layer.mask & ~before[name]
+        grown += int(new.sum())
+        assert torch.count_nonzero(layer.weight[new]) == 0
+        assert torch.count_nonzero(layer.pruned_values[new]) == 0  # nor is an old value kept for them
+    assert grown > 0
+
+
 @pytest.mark.parametrize(
     "make_opt",
     [
@@ -307,6 +335,26 @@ def test_state_dict_is_plain_and_rejects_other_schedulers():
         SET(model).load_state_dict(state)
     with pytest.raises(ValueError, match="missing"):
         pruner.load_state_dict({"type": "DSR"})
+
+
+@pytest.mark.parametrize(
+    ("make", "other"),
+    [
+        (lambda m: DSR(m, n_prune=600), lambda m: DSR(m, n_prune=700)),
+        (lambda m: DSR(m, period={0: 100, 5: 200}), lambda m: DSR(m, period={0: 100, 6: 200})),
+        (lambda m: DSR(m, tolerance=0.1), lambda m: DSR(m, tolerance=0.2)),
+        (lambda m: SET(m, prune_fraction=0.3), lambda m: SET(m, prune_fraction=0.2)),
+        (lambda m: RigL(m, end_step=100), lambda m: RigL(m, end_step=200)),
+        (lambda m: MagnitudePruning(m, sparsity=0.5, begin=1), lambda m: MagnitudePruning(m, sparsity=0.6, begin=1)),
+    ],
+    ids=["dsr-n_prune", "dsr-period", "dsr-tolerance", "set-fraction", "rigl-end", "magnitude-sparsity"],
+)
+def test_a_state_made_with_other_hyperparameters_is_refused(make, other):
+    """Resuming under other hyperparameters would silently change the run: it is an error naming them."""
+    state = _roundtrip(make(tiny_model()).state_dict())
+    make(tiny_model()).load_state_dict(state)  # the same ones load
+    with pytest.raises(ValueError, match="other hyperparameters"):
+        other(tiny_model()).load_state_dict(state)
 
 
 # --------------------------------------------------------------------------- #

@@ -202,6 +202,35 @@ def test_checkpoint_from_another_run_is_refused(tmp_path):
         _run(epochs=2, checkpoint=ckpt, n=256)
 
 
+def test_checkpoint_of_a_pruner_with_other_hyperparameters_is_refused(tmp_path):
+    """The pruner's hyperparameters are part of the fingerprint: a DSR run with another N_p does not
+    resume from this one's checkpoint."""
+
+    def run(n_prune: int) -> None:
+        images, labels = synthetic_images(64)
+        dp.set_seed(0)
+        model = dp.sparsify(dp.BaselineCNN(), 0.8, mask_init="random", generator=torch.Generator().manual_seed(0))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        loader = dp.BatchLoader(images, labels, batch_size=32, shuffle=False, normalize="unit")
+        pruner = dp.DSR(model, optimizer, n_prune=n_prune)
+        dp.fit(
+            model,
+            loader,
+            loader,
+            epochs=1,
+            optimizer=optimizer,
+            pruner=pruner,
+            checkpoint=tmp_path / "run.pt",
+            device="cpu",
+            progress=False,
+            verbose=False,
+        )
+
+    run(600)
+    with pytest.raises(dp.CheckpointError, match="different run.*pruner_hparams.*n_prune"):
+        run(700)
+
+
 def test_checkpoint_is_loadable_with_weights_only(tmp_path):
     ckpt = tmp_path / "run.pt"
     _run(epochs=1, checkpoint=ckpt, pruner_cls=CountingPruner)

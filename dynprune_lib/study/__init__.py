@@ -28,6 +28,7 @@ from . import (
     plots,
     profiles,
     results,
+    rules,
     traditional,
 )
 from .analysis import *  # noqa: F403  (each module's __all__ is its public part)
@@ -41,6 +42,7 @@ from .peers import *  # noqa: F403
 from .plots import *  # noqa: F403
 from .profiles import *  # noqa: F403
 from .results import *  # noqa: F403
+from .rules import *  # noqa: F403
 from .traditional import *  # noqa: F403
 
 _MODULES = (
@@ -55,6 +57,7 @@ _MODULES = (
     plots,
     profiles,
     results,
+    rules,
     traditional,
 )
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

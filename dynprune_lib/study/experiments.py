@@ -29,12 +29,13 @@ few for a per-epoch schedule to warm up and anneal smoothly.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -43,12 +44,12 @@ from torch import nn
 from .._utils import random_mask
 from ..data import BatchLoader, CIFAR10Data, make_loaders
 from ..layers import erk_sparsities, sparse_modules
-from ..models import MLP, BaselineCNN, DynamicCNN
+from ..models import MLP, BaselineCNN, DynamicCNN, WideResNet
 from ..schedulers import DSR, SET, MagnitudePruning, RigL
 from ..train import StepSchedule, fit, set_seed
 from .efficiency import inference_sparsity_sweep, latency_table, sparsity_summary, storage_table
 from .paper import PAPER, run_conditions
-from .profiles import BASELINE, METHODS, BaselineRecipe, ExperimentConfig
+from .profiles import BASELINE, DSR_REFERENCE, METHODS, WRN_RECIPES, BaselineRecipe, ExperimentConfig
 from .results import RESULT_FILES
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "Run",
     "baseline_history",
     "build_model",
+    "dsr_schedule",
     "experiment_loaders",
     "find_run",
     "experiment_conditions",
@@ -183,12 +185,42 @@ def experiment_loaders(
     )
 
 
-def _dsr_period(config: ExperimentConfig) -> dict[int, int]:
-    """``config.dsr_period`` keyed by 0-based epoch; when two entries fall on one epoch the first wins."""
-    out: dict[int, int] = {}
-    for fraction, period in config.dsr_period:
-        out.setdefault(math.floor(fraction * config.epochs), period)
-    return out
+def _sparse_weights(model: nn.Module) -> int:
+    return sum(layer.weight.numel() for _, layer in sparse_modules(model))
+
+
+@functools.cache
+def _reference_sparse_weights() -> int:
+    """Weights in the sparse layers of the reference's network (WRN-28-2's 3x3 block convolutions)."""
+    recipe = WRN_RECIPES[f"{DSR_REFERENCE['network']}-dsr0.9"]
+    return _sparse_weights(WideResNet(recipe.depth, recipe.widen_factor, sparse=True, sparsity=0.9))
+
+
+def dsr_schedule(config: ExperimentConfig, model: nn.Module, steps_per_epoch: int) -> dict[str, Any]:
+    """DSR's ``n_prune``, ``period`` (steps, keyed by 0-based epoch) and ``end_step`` for a run of
+    ``config`` on ``model``, derived from the reference's WRN-28-2 protocol (:data:`DSR_REFERENCE`)
+    where the profile leaves them open (``dsr_n_prune=0``, ``dsr_period=()``):
+
+    * ``N_p``: the same share of the sparse layers' weights, ``20,000 * W / W_ref`` (``W``: weights in
+      ``model``'s sparse layers, masked or not; ``W_ref``: WRN-28-2's);
+    * the period phases start at the same fractions of training (epochs 0, 25, 80, 140 of 200 ->
+      ``round(e / 200 * epochs)``; two on one epoch: the first wins), with the same number of updates
+      per epoch (``round(p * steps_per_epoch / 500)``: the reference's epoch is 500 steps);
+    * no updates after ``dsr_end`` of the steps (the reference's 190 of 200 epochs).
+    """
+    total = config.epochs * steps_per_epoch
+    n_prune = config.dsr_n_prune or max(
+        1, round(DSR_REFERENCE["n_prune"] * _sparse_weights(model) / _reference_sparse_weights())
+    )
+    period: dict[int, int] = {}
+    if config.dsr_period:
+        for fraction, steps in config.dsr_period:
+            period.setdefault(math.floor(fraction * config.epochs), steps)
+    else:
+        scale = steps_per_epoch / DSR_REFERENCE["steps_per_epoch"]
+        for epoch, steps in DSR_REFERENCE["period"].items():
+            period.setdefault(round(epoch / DSR_REFERENCE["epochs"] * config.epochs), max(1, round(steps * scale)))
+    return {"n_prune": n_prune, "period": period, "end_step": max(1, round(config.dsr_end * total))}
 
 
 def _build_pruner(
@@ -203,7 +235,8 @@ def _build_pruner(
     if method == "dense":
         return None
     if method == "dsr":
-        return DSR(model, optimizer, prune_fraction=config.dsr_prune_fraction, period=_dsr_period(config), seed=seed)
+        steps_per_epoch = total_steps // config.epochs
+        return DSR(model, optimizer, seed=seed, **dsr_schedule(config, model, steps_per_epoch))
     if method in ("set", "rigl"):
         end = max(1, round(config.regrow_end * total_steps))
         cls, key = (SET, "prune_fraction") if method == "set" else (RigL, "drop_fraction")

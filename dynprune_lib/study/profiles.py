@@ -43,6 +43,7 @@ from ..train import PRECISIONS
 __all__ = [
     "BASELINE",
     "DEFAULT_CS",
+    "DSR_REFERENCE",
     "EXPERIMENTS",
     "METHODS",
     "PROFILES",
@@ -93,6 +94,10 @@ def _non_negative(value: object, name: str) -> float:
 
 def _open_fraction(value: object, name: str) -> float:
     return check_real(value, name, 0.0, 1.0, low_open=True, high_open=True)
+
+
+def _open_fraction_or_one(value: object, name: str) -> float:
+    return check_real(value, name, 0.0, 1.0, low_open=True)
 
 
 def _momentum(value: object, name: str) -> float:
@@ -184,9 +189,24 @@ METHODS: tuple[str, ...] = ("dense", "dsr", "magnitude_oneshot", "magnitude_grad
 
 def _dsr_period(value: object, name: str) -> tuple[tuple[float, int], ...]:
     period = tuple((float(f), int(p)) for f, p in value)
-    if not period or period[0][0] != 0.0 or any(not 0 <= f < 1 or p < 0 for f, p in period):
+    if period and (period[0][0] != 0.0 or any(not 0 <= f < 1 or p < 0 for f, p in period)):
         raise ValueError(f"{name} must start at fraction 0.0 with fractions in [0, 1), got {value!r}")
     return period
+
+
+#: The DSR reference's WRN-28-2 protocol (IntelAI/dynamic-reparameterization,
+#: ``experiments/wrnet_experiments.yaml`` and ``learning_schedules/wrnet_schedule.yaml``): 200 epochs
+#: of 500 steps (batch 100), ``--n-prune-params 20000`` at every sparsity, the rewire period (steps)
+#: per starting epoch, and ``--stop-rewire-epoch 190``. The ``cpu`` profiles' DSR schedule is derived
+#: from it by :func:`dynprune_lib.study.experiments.dsr_schedule`.
+DSR_REFERENCE: Mapping[str, Any] = {
+    "epochs": 200,
+    "steps_per_epoch": 500,
+    "n_prune": 20_000,
+    "network": "wrn-28-2",
+    "period": {0: 100, 25: 200, 80: 400, 140: 800},
+    "stop_epoch": 190,
+}
 
 
 def _span(value: object, name: str) -> tuple[float, float]:
@@ -212,16 +232,26 @@ class ExperimentConfig(_Profile):
         dense first convolution included, the classifier not) or over all linear
         weights (``mlp``). The sparse layers get as many zeros as that needs.
     distribution: initial per-layer sparsity of the sparse-from-scratch methods:
-        ``"erk"`` (Erdős–Rényi-Kernel, Evci et al. 2020) or ``"uniform"`` (DSR's).
-    dsr_prune_fraction: DSR's ``N_p`` as a fraction of the live weights.
-    dsr_period: DSR's update period as ``(fraction of epochs, period)`` pairs; a
-        period of 0 stops updates (the reference ends training without them).
+        ``"uniform"`` (every sparse layer alike, as the DSR reference starts) or
+        ``"erk"`` (Erdős–Rényi-Kernel, Evci et al. 2020: a deviation from DSR's
+        reference, stated where used). All of them start from the same masks.
+    dsr_n_prune: DSR's ``N_p`` (weights reallocated per update); 0 derives it from
+        the reference (:data:`DSR_REFERENCE`: the same share of the sparse layers'
+        weights as 20,000 of WRN-28-2's).
+    dsr_period: DSR's update period as ``(fraction of epochs, period in steps)``
+        pairs (a period of 0 stops updates); empty derives it from the reference:
+        its phases at the same fractions of training, its periods at the same
+        number of updates per epoch.
+    dsr_end: fraction of the steps after which DSR stops updating (the
+        reference's 190 of 200 epochs).
     regrow_fraction, regrow_period, regrow_end: SET's / RigL's drop fraction,
         period (steps) and the fraction of training after which masks stay fixed.
     oneshot_at: one-shot magnitude pruning after this fraction of the steps.
     gradual, gradual_every: start and end (fractions of the steps) of gradual
         magnitude pruning, and steps between its prunes.
-    magnitude_scope: ``"global"`` (one cut-off over all sparse layers) or ``"layer"``.
+    magnitude_scope: ``"layer"`` (every layer pruned to the same sparsity, as Zhu &
+        Gupta 2017 and the DSR reference's pruning baseline) or ``"global"`` (one
+        cut-off over all sparse layers, each keeping at least one weight).
     seeds, methods, sparsities, inference_sparsities: what a notebook runs;
         they do not change a run, so they are not part of its checkpoint name.
     latency_batches, latency_seconds: batch sizes and seconds of timing per
@@ -249,16 +279,17 @@ class ExperimentConfig(_Profile):
     weight_decay: float = knob(5e-4, _non_negative)
     augment: bool = knob(True, check_bool)
     sparsity: float = knob(0.9, check_sparsity)
-    distribution: Literal["erk", "uniform"] = knob("erk", _choice("erk", "uniform"))
-    dsr_prune_fraction: float = knob(0.1, _open_fraction)
-    dsr_period: tuple[tuple[float, int], ...] = knob(((0.0, 100), (0.5, 200), (0.8, 0)), _dsr_period)
+    distribution: Literal["erk", "uniform"] = knob("uniform", _choice("erk", "uniform"))
+    dsr_n_prune: int = knob(0, _int)
+    dsr_period: tuple[tuple[float, int], ...] = knob((), _dsr_period)
+    dsr_end: float = knob(0.95, _open_fraction_or_one)
     regrow_fraction: float = knob(0.3, _open_fraction)
     regrow_period: int = knob(100, _positive_int)
     regrow_end: float = knob(0.75, _open_fraction)
     oneshot_at: float = knob(0.8, _open_fraction)
     gradual: tuple[float, float] = knob((0.1, 0.7), _span)
     gradual_every: int = knob(100, _positive_int)
-    magnitude_scope: Literal["global", "layer"] = knob("global", _choice("global", "layer"))
+    magnitude_scope: Literal["global", "layer"] = knob("layer", _choice("global", "layer"))
     eval_batch_size: int = knob(500, _positive_int)
     seeds: tuple[int, ...] = knob((0,), _tuple_of(_int, non_empty=True))
     methods: tuple[str, ...] = knob(METHODS, _tuple_of(_choice(*METHODS)))
@@ -580,10 +611,6 @@ def _fractions(value: object, name: str) -> tuple[float, ...]:
     if not fr or fr[-1] != 1.0 or any(not a < b for a, b in zip(fr, fr[1:])):
         raise ValueError(f"{name} must increase strictly in (0, 1] and end at 1.0, got {value!r}")
     return fr
-
-
-def _open_fraction_or_one(value: object, name: str) -> float:
-    return check_real(value, name, 0.0, 1.0, low_open=True)
 
 
 def _shifts(value: object, name: str) -> tuple[tuple[str, int], ...]:

@@ -1,0 +1,79 @@
+"""The claim rules decide each branch as stated, on synthetic differences (oracle: scipy's t interval)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from dynprune_lib.study import RULES, Rule, decide, overfitting_signs
+
+KEEP = RULES["keeps accuracy"]  # threshold -1 point
+
+
+def test_interval_is_students_t_over_the_seeds():
+    d = [0.004, -0.002, 0.006]
+    low, high = stats.t.interval(0.95, len(d) - 1, loc=np.mean(d), scale=stats.sem(d))
+    got = decide(KEEP, d)
+    assert (got.n, got.mean) == (3, pytest.approx(np.mean(d)))
+    assert (got.low, got.high) == (pytest.approx(low), pytest.approx(high))
+
+
+@pytest.mark.parametrize(
+    ("differences", "verdict"),
+    [
+        ([0.002, 0.004, 0.003], "supported"),  # the whole interval above -1 pt
+        ([-0.03, -0.025, -0.035], "not supported"),  # the whole interval below -1 pt
+        ([-0.02, 0.01, -0.005], "inconclusive"),  # the interval straddles -1 pt
+        ([0.05], "inconclusive"),  # one seed: no interval, whatever the value
+    ],
+)
+def test_each_branch(differences, verdict):
+    assert decide(KEEP, differences).verdict == verdict
+
+
+def test_a_difference_inside_the_noise_is_inconclusive_not_supported():
+    beats = RULES["beats the other method"]
+    assert decide(beats, [0.004, -0.003, 0.002]).verdict == "inconclusive"  # mean > 0, interval spans 0
+    assert decide(beats, [0.004, 0.005, 0.006]).verdict == "supported"
+
+
+def test_exact_measurements_decide_on_one_value_and_must_agree():
+    smaller = RULES["smaller"]
+    assert decide(smaller, [8.5]).verdict == "supported"
+    assert decide(smaller, [0.9]).verdict == "not supported"
+    assert decide(smaller, [1.0]).verdict == "inconclusive"  # on the threshold is not above it
+    with pytest.raises(ValueError, match="exact"):
+        decide(smaller, [8.5, 8.4])
+
+
+def test_bad_input_is_an_error_naming_the_rule():
+    with pytest.raises(ValueError, match="keeps accuracy.*no measurement"):
+        decide(KEEP, [])
+    with pytest.raises(ValueError, match="finite"):
+        decide(KEEP, [0.1, math.nan])
+
+
+def test_rules_describe_themselves():
+    assert "-1 pt" in KEEP.describe() and "95 % CI" in KEEP.describe()
+    assert "exact" in RULES["smaller"].describe()
+    assert Rule("r", 1.0, "x").describe().endswith("above 1x")
+
+
+def _history(train, test, loss):
+    return pd.DataFrame({"epoch": range(1, len(train) + 1), "train_acc": train, "test_acc": test, "test_loss": loss})
+
+
+def test_overfitting_is_the_papers_symptom_not_a_train_test_gap():
+    rising = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9]
+    # test accuracy stops improving and test loss turns up while training accuracy rises: the symptom
+    assert overfitting_signs(_history(rising, [0.5, 0.6, 0.7, 0.72, 0.71, 0.7], [1.2, 1.0, 0.9, 0.92, 0.95, 1.0]))
+    # a gap, but test accuracy and loss still improve: not the symptom
+    assert not overfitting_signs(_history(rising, [0.45, 0.5, 0.55, 0.6, 0.62, 0.65], [1.3, 1.2, 1.1, 1.0, 0.95, 0.9]))
+    # test accuracy stalls but its loss still falls: not the symptom
+    assert not overfitting_signs(_history(rising, [0.5, 0.6, 0.7, 0.71, 0.7, 0.7], [1.2, 1.0, 0.9, 0.85, 0.8, 0.75]))
+    with pytest.raises(ValueError, match="test_loss"):
+        overfitting_signs(_history(rising, rising, rising).drop(columns="test_loss"))
