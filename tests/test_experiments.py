@@ -176,8 +176,9 @@ def test_every_method_trains_reaches_its_sparsity_and_resumes(tmp_path, method):
         assert "sparsity" in run.history.columns
     if method == "dsr":
         assert "threshold" in run.history.columns
-    if method in ("dsr", "set", "rigl"):  # the DSR reference's start: every sparse layer alike
-        assert len(set(run.layer_sparsity.values())) == 1 and config.distribution == "uniform"
+    if method in ("dsr", "set", "rigl"):  # the DSR reference's start: every sparse layer alike (up to rounding)
+        values = list(run.layer_sparsity.values())
+        assert config.distribution == "uniform" and max(values) - min(values) < 0.005
     # Finished: a second call restores the run instead of training (the same wall times come back).
     again = study.train_run(config, data, method, seed=0, run_dir=tmp_path, progress=False, verbose=False)
     pd.testing.assert_frame_equal(again.history, run.history)
