@@ -97,10 +97,20 @@ if numba is not None:
             k += 1
 
     @njit(cache=True, inline="always")
+    def _max4(a, b, c, d, floor):  # pragma: no cover - jitted
+        # max(a, b, c, d, floor) in compare-and-select form, which LLVM turns into vector max instructions
+        # (floor: 0 for a fused ReLU, -inf for none)
+        m = a if a > b else b
+        n = c if c > d else d
+        m = m if m > n else n
+        return floor if m < floor else m
+
+    @njit(cache=True, inline="always")
     def _store(o, acc, first, rows, span, batch, pool, relu, out):  # pragma: no cover - jitted
         # acc holds ``rows`` grid rows from ``first`` on, ``span`` elements (x, b) each with the batch
         # innermost; out[o] (rows, columns, batch) gets them, 2x2/2 max-pooled when asked (grid rows 2y and
         # 2y + 1 into row y), then the ReLU
+        floor = np.float32(0.0 if relu else -np.inf)
         if pool:
             width = out.shape[2] * batch
             for y in range(rows // 2):
@@ -109,15 +119,15 @@ if numba is not None:
                 for x in range(out.shape[2]):
                     i = 2 * x * batch
                     for b in range(batch):
-                        m = max(max(top[i + b], top[i + batch + b]), max(top[span + i + b], top[span + i + batch + b]))
-                        dst[x * batch + b] = 0.0 if relu and m < 0.0 else m
+                        j = i + b
+                        dst[x * batch + b] = _max4(top[j], top[j + batch], top[span + j], top[span + j + batch], floor)
         else:
             for y in range(rows):
                 dst = out[o, first + y].reshape(span)
                 line = acc[y * span : (y + 1) * span]
                 for i in range(span):
                     m = line[i]
-                    dst[i] = 0.0 if relu and m < 0.0 else m
+                    dst[i] = floor if m < floor else m  # a NaN passes, as through F.relu
 
     @njit(cache=True, inline="always", fastmath={"contract"})
     def _tile(
@@ -198,15 +208,6 @@ if numba is not None:
                     for c in range(channels):
                         block[c, b] = line[c]
                 padded[:, top + y, left + w] = block
-
-    @njit(cache=True, inline="always")
-    def _max4(a, b, c, d, floor):  # pragma: no cover - jitted
-        # max(a, b, c, d, floor) in compare-and-select form, which LLVM turns into vector max instructions
-        # (floor: 0 for a fused ReLU, -inf for none)
-        m = a if a > b else b
-        n = c if c > d else d
-        m = m if m > n else n
-        return m if m > floor else floor
 
     @njit(cache=True, parallel=True)
     def _nchw_pool_to_grid(x, relu, out):  # pragma: no cover - jitted
