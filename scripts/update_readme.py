@@ -4,6 +4,9 @@
   ours table, from ``results/paper_vs_ours.csv``;
 * between ``<!-- claims:start -->`` and ``<!-- claims:end -->``: the paper's
   claims and their verdicts, from ``results/paper_claims_checked.csv``;
+* between ``<!-- goals:start -->`` and ``<!-- goals:end -->``: every goal set before
+  the numbers (notebooks and benchmarks), the missed ones named with their numbers,
+  from ``results/goals.csv``;
 * between ``<!-- timings:start -->`` and ``<!-- timings:end -->``: each
   notebook's wall time as ``run_all.sh`` measured it, from ``results/run_times.csv``;
 * between ``<!-- smoke-timings:start -->`` and ``<!-- smoke-timings:end -->``: the
@@ -26,16 +29,18 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dynprune_lib.study.analysis import paper_vs_ours_markdown  # noqa: E402  (after the path set-up)
+from dynprune_lib.study.analysis import missed_goals_sentence, paper_vs_ours_markdown  # noqa: E402  (after the path set-up)
 from dynprune_lib.study.results import RESULT_FILES  # noqa: E402
 
 
 def _claims_markdown(table: pd.DataFrame) -> str:
-    return (
-        table[["claim", "measurement", "ours_text", "verdict"]]
-        .rename(columns={"ours_text": "ours"})
-        .to_markdown(index=False)
-    )
+    # a claims table written before the rules were in code has no "rule" column
+    columns = [c for c in ("claim", "measurement", "rule", "ours_text", "verdict") if c in table.columns]
+    return table[columns].rename(columns={"ours_text": "ours: mean [95 % CI] (n)"}).to_markdown(index=False)
+
+
+def _goals_markdown(table: pd.DataFrame) -> str:
+    return missed_goals_sentence(table) + "\n\n" + table.to_markdown(index=False, floatfmt=".4g")
 
 
 def _times_markdown(table: pd.DataFrame) -> str:
@@ -65,6 +70,7 @@ BLOCKS: dict[str, tuple[str, Callable[[pd.DataFrame], str]]] = {
     "results": (RESULT_FILES["paper_vs_ours"].name, paper_vs_ours_markdown),
     "claims": (RESULT_FILES["paper_claims_checked"].name, _claims_markdown),
     "timings": (RESULT_FILES["run_times"].name, _times_markdown),
+    "goals": (RESULT_FILES["goals"].name, _goals_markdown),
 }
 
 

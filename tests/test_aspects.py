@@ -221,23 +221,34 @@ def test_log_position_and_score_input_checks():
         study.aspect_scores(pd.DataFrame({"method": ["a"]}))
 
 
-def test_paper_claims_check_reads_the_scores():
+def test_paper_claims_check_decides_each_aspect_by_the_rule_over_seeds():
+    trad = study.TRADITIONAL_NAME
+    # three seeds; the paper says deep learning scores higher on the first three, traditional on the last
     scores = pd.DataFrame(
         {
-            "method": ["net", study.TRADITIONAL_NAME],
-            "complexity": [0.8, 0.1],
-            "generalization": [0.4, 0.6],
-            "data_requirements": [math.nan, 0.2],
-            "interpretability": [0.3, 0.6],
+            "method": ["net"] * 3 + [trad] * 3,
+            "seed": [0, 1, 2] * 2,
+            "complexity": [0.80, 0.82, 0.81, 0.10, 0.11, 0.09],  # leads by ~0.71: supported
+            "generalization": [0.40, 0.41, 0.39, 0.60, 0.61, 0.59],  # trails by 0.2: not supported
+            "data_requirements": [math.nan] * 3 + [0.2] * 3,  # not measured
+            "interpretability": [0.58, 0.50, 0.62, 0.60, 0.55, 0.61],  # within the noise: inconclusive
         }
     )
-    claims = study.check_paper_claims(scores).set_index("aspect")["measurement agrees"]
-    assert claims.to_dict() == {
-        "complexity": "yes",
-        "generalization": "no",
+    claims = study.check_paper_claims(scores).set_index("aspect")
+    assert claims["verdict"].to_dict() == {
+        "complexity": "supported",
+        "generalization": "not supported",
         "data_requirements": "n/m",
-        "interpretability": "yes",
+        "interpretability": "inconclusive",
     }
+    assert claims.loc["complexity", "network - traditional"] == pytest.approx(0.71)
+    assert claims.loc["complexity", "n"] == 3
+    # a lead under the rule's margin (0.05) is not "higher", however consistent
+    small = scores.assign(complexity=[0.13, 0.14, 0.12, 0.10, 0.11, 0.09])
+    assert study.check_paper_claims(small).set_index("aspect").loc["complexity", "verdict"] == "not supported"
+    # one seed decides nothing
+    one = scores[scores["seed"] == 0]
+    assert study.check_paper_claims(one).set_index("aspect").loc["complexity", "verdict"] == "inconclusive"
 
 
 def test_figure6_draws_every_method_and_marks_missing_scores():

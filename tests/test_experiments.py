@@ -252,9 +252,10 @@ def test_baseline_history_reads_notebook_01_or_trains(tmp_path):
     rows.to_csv(tmp_path / "baseline.csv", index=False)
     history, source = study.baseline_history(tmp_path, data, epochs=2, run_dir=tmp_path / "runs", verbose=False)
     assert "notebook 01" in source
-    pd.testing.assert_frame_equal(history, rows)
+    pd.testing.assert_frame_equal(history, rows.assign(seed=0))  # a one-run file without a seed column
     history, source = study.baseline_history(tmp_path, data, epochs=1, run_dir=tmp_path / "runs", verbose=False)
-    assert "trained here" in source and "2 epochs" in source and len(history) == 1
+    assert "trained here" in source and "2 epochs" in source
+    assert history["seed"].tolist() == list(study.BASELINE.seeds) and (history["epoch"] == 1).all()
 
 
 # --------------------------------------------------------------------------- tables
@@ -307,32 +308,46 @@ def test_target_table_checks_accuracy_sparsity_and_time():
     good = _fake_run("dsr", 0, [0.5, paper_final + 0.01], zeros=9)  # 9 of 9 weights zero
     table = study.target_table(good, time_budget_minutes=1.0).set_index("criterion")
     assert table["met"].all()
-    assert table.loc["fraction of conv weights that are zero", "ours"] == 1.0
+    assert table.loc["fraction of conv weights that are zero (least over seeds)", "ours"] == 1.0
     bad = _fake_run("dsr", 0, [0.5, paper_final - 0.01], zeros=1)
     table = study.target_table(bad, time_budget_minutes=0.01)
     assert not table["met"].any() and len(table) == 3
+    # over seeds: the mean accuracy (here below the paper's) and the least sparse run decide
+    table = study.target_table([good, bad], time_budget_minutes=1.0).set_index("criterion")
+    assert table["ours"].iloc[0] == pytest.approx(paper_final) and table["n"].iloc[0] == 2
+    assert table.loc["fraction of conv weights that are zero (least over seeds)", "ours"] == pytest.approx(1 / 9)
 
 
-def test_sparsity_claim_table_pairs_retrained_and_inference_accuracy():
+def test_sparsity_claim_table_pairs_by_seed_and_never_compares_a_model_with_itself():
     runs = pd.DataFrame(
         {
-            "method": ["dense", "dsr", "dsr", "dsr"],
-            "sparsity_target": [math.nan, 0.5, 0.9, 0.9],
-            "final_test_acc": [0.6, 0.58, 0.5, 0.52],
+            "method": ["dense", "dsr", "dsr", "dsr", "dsr"],
+            "sparsity_target": [math.nan, 0.5, 0.5, 0.9, 0.9],
+            "seed": [0, 0, 1, 0, 1],
+            "final_test_acc": [0.6, 0.58, 0.57, 0.5, 0.52],
         }
     )
     inference = pd.DataFrame(
         {
-            "source": ["dense"] * 3,
-            "sparsity_target": [0.5, 0.9, 0.9],
-            "test_acc": [0.59, 0.3, 0.3],
-            "batch": [1, 1, 128],
+            "source": ["dense"] * 3 + ["dsr 0.5"] * 4,
+            "source_sparsity": [math.nan] * 3 + [0.5] * 4,
+            "seed": [0, 0, 0, 0, 0, 1, 1],
+            "sparsity_target": [0.5, 0.9, 0.9, 0.5, 0.9, 0.5, 0.9],
+            "test_acc": [0.59, 0.3, 0.3, 0.58, 0.45, 0.57, 0.44],
+            "batch": [1, 1, 128, 1, 1, 1, 1],
         }
     )
-    table = study.sparsity_claim_table(runs, inference).set_index("sparsity")
-    assert table.loc[0.9, "retrained"] == pytest.approx(0.51)
-    assert table.loc[0.9, "dense - retrained"] == pytest.approx(0.3 - 0.51)
-    assert table.loc[0.5, "dense"] == 0.59
+    table = study.sparsity_claim_table(runs, inference)
+    assert set(zip(table["source"], table["sparsity"], table["seed"])) == {
+        ("dense", 0.5, 0),
+        ("dense", 0.9, 0),  # one row per seed, whatever the batch sizes timed
+        ("dsr 0.5", 0.9, 0),
+        ("dsr 0.5", 0.9, 1),  # the DSR model trained at 0.5 is not compared at 0.5 with itself
+    }
+    rows = table.set_index(["source", "sparsity", "seed"])
+    assert rows.loc[("dsr 0.5", 0.9, 1), "retrained"] == 0.52  # paired with its own seed
+    assert rows.loc[("dsr 0.5", 0.9, 1), "difference"] == pytest.approx(0.44 - 0.52)
+    assert rows.loc[("dense", 0.5, 0), "difference"] == pytest.approx(0.59 - 0.58)
 
 
 def test_inference_sweep_and_run_latency_label_their_rows(tmp_path):
@@ -346,12 +361,15 @@ def test_inference_sweep_and_run_latency_label_their_rows(tmp_path):
         latency_seconds=0.01,
     )
     runs = study.sparsity_sweep(
-        config, data, methods=["dsr"], sparsities=(0.5,), run_dir=tmp_path, progress=False, verbose=False
+        config, data, methods=["dsr"], sparsities=(0.5,), seeds=[0], run_dir=tmp_path, progress=False, verbose=False
     )
     assert [(r.method, r.sparsity) for r in runs] == [("dense", None), ("dsr", 0.5)]
     test_loader = study.experiment_loaders(config, data)[1]
-    sweep = study.inference_sweep({"dense": runs[0]}, test_loader)
+    sweep = study.inference_sweep({"dense": [runs[0]]}, test_loader)
     assert list(sweep["source"]) == ["dense", "dense"] and list(sweep["sparsity_target"]) == [0.5, 0.9]
+    assert list(sweep["seed"]) == [0, 0] and sweep["source_sparsity"].isna().all()
+    sources = study.inference_sources(runs)
+    assert [[r.method for r in v] for v in sources.values()] == [["dense"], ["dsr"]]
     assert sweep["sparsity"].to_numpy() == pytest.approx([0.5, 0.9], abs=1e-3)
     latency = study.run_latency(runs)
     assert list(latency["method"]) == ["dense", "dsr"] and (latency["sparse_ms"] > 0).all()
@@ -381,6 +399,7 @@ def test_sparsity_sweep_runs_every_pruning_method_at_every_sparsity(tmp_path, mo
     config = dataclasses.replace(
         study.experiment_profile("dynamic_mlp", "smoke"),
         seeds=(0, 1),
+        all_seeds_at=(),
         methods=("dense", "dsr", "set"),
         sparsities=(0.5, 0.9),
     )
@@ -389,6 +408,19 @@ def test_sparsity_sweep_runs_every_pruning_method_at_every_sparsity(tmp_path, mo
         (m, seed, s)
         for seed in (0, 1)
         for m, s in [("dense", None), ("dsr", 0.5), ("dsr", 0.9), ("set", 0.5), ("set", 0.9)]
+    ]
+    # all_seeds_at: the other seeds train the dense model and only the listed sparsities
+    calls.clear()
+    study.sparsity_sweep(config.replace(all_seeds_at=(0.9,)), synthetic_cifar(), run_dir=tmp_path, verbose=False)
+    assert calls == [
+        ("dense", 0, None),
+        ("dsr", 0, 0.5),
+        ("dsr", 0, 0.9),
+        ("set", 0, 0.5),
+        ("set", 0, 0.9),
+        ("dense", 1, None),
+        ("dsr", 1, 0.9),
+        ("set", 1, 0.9),
     ]
     with pytest.raises(ValueError, match="besides 'dense'"):
         study.sparsity_sweep(config, synthetic_cifar(), methods=["dense"], run_dir=tmp_path)

@@ -87,14 +87,21 @@ def test_accuracy_and_latency_against_sparsity():
         }
     )
     inference = pd.DataFrame(
-        {"source": ["dense"] * 3, "sparsity_target": [0.5, 0.9, 0.9], "batch": [1, 1, 8], "test_acc": [0.5, 0.3, 0.3]}
+        {
+            "source": ["dense"] * 4,
+            "seed": [0, 0, 0, 1],
+            "sparsity_target": [0.5, 0.9, 0.9, 0.9],
+            "batch": [1, 1, 8, 1],
+            "test_acc": [0.5, 0.3, 0.3, 0.4],
+        }
     )
     fig = plots.plot_accuracy_vs_sparsity(runs, inference)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.5", "0.9"]
     assert ax.xaxis_inverted()
+    raised = {c.get_label(): c for c in ax.containers}["dense: sparsity raised at inference"]
+    assert list(raised.lines[0].get_ydata()) == pytest.approx([0.5, 0.35])  # the mean over seeds, once per seed
     lines = {line.get_label(): line for line in ax.lines}
-    assert list(lines["dense: sparsity raised at inference"].get_ydata()) == [0.5, 0.3]
     assert list(lines["dense model"].get_ydata()) == [0.53, 0.53]
     with pytest.raises(ValueError, match="final_test_acc"):
         plots.plot_accuracy_vs_sparsity(runs.drop(columns="final_test_acc"))

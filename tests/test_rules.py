@@ -77,3 +77,12 @@ def test_overfitting_is_the_papers_symptom_not_a_train_test_gap():
     assert not overfitting_signs(_history(rising, [0.5, 0.6, 0.7, 0.71, 0.7, 0.7], [1.2, 1.0, 0.9, 0.85, 0.8, 0.75]))
     with pytest.raises(ValueError, match="test_loss"):
         overfitting_signs(_history(rising, rising, rising).drop(columns="test_loss"))
+
+
+def test_interval_text_shows_the_mean_the_interval_and_n():
+    rule = RULES["keeps accuracy"]
+    assert decide(rule, [0.01]).interval(rule.unit) == "+1.00 pt (n=1, no interval)"
+    three = decide(rule, [0.01, 0.02, 0.03])
+    assert three.interval(rule.unit).startswith("+2.00 pt [") and three.interval(rule.unit).endswith("(n=3)")
+    exact = RULES["smaller"]
+    assert decide(exact, [7.5]).interval(exact.unit) == "7.50x (n=1)"

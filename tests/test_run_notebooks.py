@@ -34,7 +34,7 @@ def test_parameters_are_the_profiles_and_only_those_a_notebook_declares():
     where = rn.layout("smoke")
     assert smoke["train_subset"] == rn.SMOKE_PARAMETERS["train_subset"] and smoke["epochs"] == 1
     assert smoke["figures_dir"] == str(where.figures) and smoke["run_dir"] == str(where.runs / dynamic.stem)
-    assert rn.notebook_parameters(baseline, "cpu", [3]) == {"seed": 3}
+    assert rn.notebook_parameters(baseline, "cpu", [3]) == {"seeds": [3]}
     # --precision reaches the notebooks that declare it (02-04), not the baseline
     assert rn.notebook_parameters(dynamic, "cpu", None, precision="fp32") == {"profile": "cpu", "precision": "fp32"}
     assert rn.notebook_parameters(baseline, "cpu", None, precision="fp32") == {}
@@ -137,8 +137,9 @@ def test_readme_blocks_are_generated_from_the_results(tmp_path):
         {
             "claim": ["CSR storage shrinks the pruned model"],
             "measurement": ["dense / CSR"],
+            "rule": ["smaller: above 1x (exact measurement)"],
             "ours": [7.8],
-            "ours_text": ["7.80x"],
+            "ours_text": ["7.80x (n=1)"],
             "unit": ["x"],
             "verdict": ["supported"],
         }
@@ -150,6 +151,8 @@ def test_readme_blocks_are_generated_from_the_results(tmp_path):
             "paper": [0.7042],
             "paper_claim": [""],
             "ours": [0.711],
+            "ours_std": [0.004],
+            "n": [3],
             "difference": [0.0068],
             "agrees": [""],
             "conditions": ["seed=0"],
@@ -158,8 +161,8 @@ def test_readme_blocks_are_generated_from_the_results(tmp_path):
     ).to_csv(tmp_path / "paper_vs_ours.csv", index=False)
     new = update_readme.update(text, tmp_path)
     assert "stale" not in new and new.startswith("intro\n") and new.endswith("end")
-    assert "| 70.42 %" in new and "| 71.10 %" in new and "+0.68 pt" in new
-    assert "| 7.80x" in new and "supported" in new
+    assert "| 70.42 %" in new and "| 71.10 % ± 0.40 pt (n=3)" in new and "+0.68 pt" in new
+    assert "| 7.80x (n=1)" in new and "supported" in new and "smaller: above 1x" in new
     assert update_readme.update(new, tmp_path) == new  # idempotent
 
 

@@ -427,7 +427,7 @@ def aspect_scores(
     ``raw`` needs the columns ``method, nonzero_parameters, nonzero_flops,
     train_seconds, test_acc, train_acc, shift_acc, fraction_to_reach,
     fraction_min, deletion_auc, random_deletion_auc``. Returns ``method`` and one
-    column per aspect, each in [0, 1].
+    column per aspect, each in [0, 1] (and ``seed`` when ``raw`` has it).
     """
     missing = [c for c in _RAW_COLUMNS if c not in raw.columns]
     if missing:
@@ -441,9 +441,11 @@ def aspect_scores(
         raise ValueError("need 0 < fraction_min < 1 and fraction_min <= fraction_to_reach <= 1")
     data = np.log(f_share / f_min) / np.log(1.0 / f_min)
     interp = np.clip(1.0 - raw["deletion_auc"].to_numpy() / raw["random_deletion_auc"].to_numpy(), 0.0, 1.0)
+    seed = {"seed": raw["seed"].to_numpy()} if "seed" in raw.columns else {}
     return pd.DataFrame(
         {
             "method": raw["method"].to_numpy(),
+            **seed,
             "complexity": complexity,
             "generalization": generalization,
             "data_requirements": data,

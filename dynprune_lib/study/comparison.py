@@ -34,6 +34,7 @@ from ..train import fit, set_seed
 from . import aspects
 from .paper import PAPER_CLAIMS
 from .profiles import WRN_RECIPES, ComparisonProfile, WRNRecipe
+from .rules import RULES, decide
 from .traditional import TraditionalClassifier, traditional_flops
 
 __all__ = [
@@ -575,24 +576,34 @@ def aspect_summary(raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def check_paper_claims(scores: pd.DataFrame, *, traditional: str = TRADITIONAL_NAME) -> pd.DataFrame:
-    """For each aspect: which side the paper says scores higher, each network's score
-    minus the traditional method's (means over seeds), and whether the measurement
-    agrees with the paper for that network."""
-    mean = scores.groupby("method", sort=False).mean(numeric_only=True)
-    if traditional not in mean.index:
+    """For each aspect and network: which side the paper says scores higher, the network's score
+    minus the traditional method's (paired by ``seed``, else by order), and the verdict of
+    :data:`~.rules.RULES` ``"higher score"`` on the paper's side's lead (its 95 % interval over
+    seeds must clear the rule's margin; one seed is inconclusive). A missing score is "n/m"."""
+    if traditional not in set(scores["method"]):
         raise ValueError(f"scores has no row for the traditional method {traditional!r}")
+    rule = RULES["higher score"]
+    scores = scores.assign(pair=scores["seed"] if "seed" in scores.columns else scores.groupby("method").cumcount())
+    reference = scores[scores["method"] == traditional].set_index("pair")
     rows = []
     for aspect, side in PAPER_CLAIMS.items():
-        for method in mean.index.drop(traditional):
-            diff = float(mean.loc[method, aspect] - mean.loc[traditional, aspect])
-            holds = float("nan") if math.isnan(diff) else (diff > 0) == (side == "deep learning")
+        sign = 1.0 if side == "deep learning" else -1.0
+        for method, part in scores[scores["method"] != traditional].groupby("method", sort=False):
+            part = part.set_index("pair")
+            diff = (part[aspect] - reference[aspect].reindex(part.index)).dropna()
+            row = {"aspect": aspect, "paper: higher for": side, "network": method}
+            if diff.empty:
+                rows.append(row | {"network - traditional": math.nan, "n": 0, "verdict": "n/m"})
+                continue
+            found = decide(rule, sign * diff.to_numpy())
             rows.append(
-                {
-                    "aspect": aspect,
-                    "paper: higher for": side,
-                    "network": method,
-                    "network - traditional": diff,
-                    "measurement agrees": "n/m" if holds != holds else ("yes" if holds else "no"),
+                row
+                | {
+                    "network - traditional": float(diff.mean()),
+                    "n": found.n,
+                    "paper's side leads by": found.interval(rule.unit),
+                    "rule": rule.describe(),
+                    "verdict": found.verdict,
                 }
             )
     return pd.DataFrame(rows)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -76,6 +77,7 @@ __all__ = [
     "sparsity_sweep",
     "target_table",
     "train_baseline",
+    "train_baselines",
     "train_run",
 ]
 
@@ -413,15 +415,23 @@ def sparsity_sweep(
     verbose: bool = True,
 ) -> list[Run]:
     """The dense model and each of ``methods`` (default: ``config.methods`` other than
-    ``dense``) retrained at each of ``sparsities`` (default ``config.sparsities``), for
-    every seed: accuracy against sparsity."""
+    ``dense``) retrained at each of ``sparsities`` (default ``config.sparsities``): at every
+    seed where ``config.all_seeds_at`` lists the sparsity (or is empty), else at the first
+    seed only. Accuracy against sparsity."""
     methods = [m for m in (config.methods if methods is None else methods) if m != "dense"]
     if not methods:
         raise ValueError("sparsity_sweep needs at least one pruning method besides 'dense'")
+    seeds = list(config.seeds if seeds is None else seeds)
+    everywhere = set(config.all_seeds_at)
     jobs = []
-    for seed in config.seeds if seeds is None else seeds:
+    for seed in seeds:
         jobs.append(("dense", seed, None))
-        jobs += [(m, seed, s) for m in methods for s in (config.sparsities if sparsities is None else sparsities)]
+        jobs += [
+            (m, seed, s)
+            for m in methods
+            for s in (config.sparsities if sparsities is None else sparsities)
+            if seed == seeds[0] or not everywhere or s in everywhere
+        ]
     return _train_all(config, data, jobs, device=device, run_dir=run_dir, progress=progress, verbose=verbose)
 
 
@@ -494,31 +504,51 @@ def train_baseline(
     return model, history
 
 
+def train_baselines(
+    data: CIFAR10Data,
+    *,
+    recipe: BaselineRecipe = BASELINE,
+    device: str | torch.device = "cpu",
+    run_dir: str | os.PathLike[str],
+    verbose: bool = True,
+) -> pd.DataFrame:
+    """:func:`train_baseline` for every seed of ``recipe``: their histories in one table with a
+    ``seed`` column (notebook 01)."""
+    frames = []
+    for seed in recipe.seeds:
+        if verbose:
+            print(f"== baseline, seed {seed}", flush=True)
+        _, history = train_baseline(data, recipe=recipe, seed=seed, device=device, run_dir=run_dir, verbose=verbose)
+        frames.append(history.assign(seed=seed))
+    return pd.concat(frames, ignore_index=True)
+
+
 def baseline_history(
     results_dir: str | os.PathLike[str],
     data: CIFAR10Data,
     *,
     epochs: int,
-    seed: int = 0,
     device: str | torch.device = "cpu",
     run_dir: str | os.PathLike[str],
     verbose: bool = True,
 ) -> tuple[pd.DataFrame, str]:
-    """History of the paper's baseline CNN and where it came from.
+    """Histories of the paper's baseline CNN (a ``seed`` column) and where they came from.
 
     ``results_dir/baseline.csv`` (written by notebook 01) when it holds ``epochs``
     epochs; otherwise the baseline is trained here with notebook 01's protocol
-    (:func:`train_baseline`), resumably, and the second value says so.
+    (:func:`train_baselines`), resumably, and the second value says so.
     """
     path = Path(results_dir) / RESULT_FILES["baseline"].name
     reason = "not found"
     if path.exists():
         history = pd.read_csv(path)
-        if len(history) == epochs:
-            return history, f"notebook 01 ({path.name})"
-        reason = f"has {len(history)} epochs, not {epochs}"
-    _, history = train_baseline(
-        data, recipe=BASELINE.replace(epochs=epochs), seed=seed, device=device, run_dir=run_dir, verbose=verbose
+        if "seed" not in history.columns:
+            history = history.assign(seed=0)
+        if history["epoch"].max() == epochs:
+            return history, f"notebook 01 ({path.name}, seeds {sorted(history['seed'].unique().tolist())})"
+        reason = f"has {history['epoch'].max()} epochs, not {epochs}"
+    history = train_baselines(
+        data, recipe=BASELINE.replace(epochs=epochs), device=device, run_dir=run_dir, verbose=verbose
     )
     return history, f"trained here with notebook 01's protocol ({path.name} {reason})"
 
@@ -598,30 +628,25 @@ def method_table(runs: Sequence[Run], *, baseline: pd.DataFrame | None = None) -
         raise ValueError("runs is empty")
     per_run = run_table(runs)
     if baseline is not None:
-        per_run = pd.concat(
-            [
-                per_run,
-                pd.DataFrame(
-                    [
-                        {
-                            "method": "baseline",
-                            "seed": -1,
-                            "final_test_acc": float(baseline["test_acc"].iloc[-1]),
-                            "best_test_acc": float(baseline["test_acc"].max()),
-                            "final_train_acc": float(baseline["train_acc"].iloc[-1]),
-                            "conv_sparsity": 0.0,
-                            "linear_sparsity": 0.0,
-                            "weight_sparsity": 0.0,
-                            "epochs": len(baseline),
-                            "seconds_per_epoch": float(baseline["seconds"].mean()),
-                            "train_minutes": float(baseline["seconds"].sum()) / 60,
-                            "precision": "fp32",  # notebook 01 and baseline_history train with fit's default
-                        }
-                    ]
-                ),
-            ],
-            ignore_index=True,
-        )
+        per_seed = [h for _, h in baseline.groupby("seed")] if "seed" in baseline.columns else [baseline]
+        rows = [
+            {
+                "method": "baseline",
+                "seed": int(h["seed"].iloc[0]) if "seed" in h.columns else 0,
+                "final_test_acc": float(h["test_acc"].iloc[-1]),
+                "best_test_acc": float(h["test_acc"].max()),
+                "final_train_acc": float(h["train_acc"].iloc[-1]),
+                "conv_sparsity": 0.0,
+                "linear_sparsity": 0.0,
+                "weight_sparsity": 0.0,
+                "epochs": len(h),
+                "seconds_per_epoch": float(h["seconds"].mean()),
+                "train_minutes": float(h["seconds"].sum()) / 60,
+                "precision": "fp32",  # notebook 01 and baseline_history train with fit's default
+            }
+            for h in per_seed
+        ]
+        per_run = pd.concat([per_run, pd.DataFrame(rows)], ignore_index=True)
     table = (
         per_run.groupby("method", sort=False)
         .agg(
@@ -647,37 +672,41 @@ def method_table(runs: Sequence[Run], *, baseline: pd.DataFrame | None = None) -
 
 
 def target_table(
-    run: Run, *, experiment: str = "dynamic_cnn", time_budget_minutes: float | None = None
+    runs: Run | Sequence[Run], *, experiment: str = "dynamic_cnn", time_budget_minutes: float | None = None
 ) -> pd.DataFrame:
-    """Whether ``run`` meets this reproduction's goals for the DSR CNN: final test accuracy at
-    least the paper's final one, at least ``run.sparsity`` of the convolution (CNN) or linear (MLP) weights zero,
-    and (optionally) training within ``time_budget_minutes``. Every number is computed."""
-    summary = sparsity_summary(run.model)
-    scope = run.config.sparsity_scope
-    final = float(run.history["test_acc"].iloc[-1])
+    """Whether the DSR runs (one per seed) meet this reproduction's goals: mean final test accuracy
+    at least the paper's final one, at least the target fraction of the convolution (CNN) or
+    linear (MLP) weights zero in every run, and (optionally) mean training time within
+    ``time_budget_minutes``. Every number is computed; ``n`` says over how many runs."""
+    runs = [runs] if isinstance(runs, Run) else list(runs)
+    if not runs:
+        raise ValueError("runs is empty")
+    scope = runs[0].config.sparsity_scope
+    zeros = [sparsity_summary(run.model)["conv" if scope == "conv" else "linear"] for run in runs]
     rows = [
         {
-            "criterion": "final test accuracy >= the paper's final",
+            "criterion": "final test accuracy >= the paper's final (mean over seeds)",
             "required": PAPER[experiment]["final test_acc"],
-            "ours": final,
+            "ours": float(np.mean([run.history["test_acc"].iloc[-1] for run in runs])),
         },
         {
-            "criterion": f"fraction of {scope} weights that are zero",
-            "required": run.sparsity,
-            "ours": summary["conv" if scope == "conv" else "linear"],
+            "criterion": f"fraction of {scope} weights that are zero (least over seeds)",
+            "required": runs[0].sparsity,
+            "ours": min(zeros),
         },
     ]
     if time_budget_minutes is not None:
         rows.append(
             {
-                "criterion": "training wall time, minutes (at most)",
+                "criterion": "training wall time per run, minutes (mean over seeds, at most)",
                 "required": time_budget_minutes,
-                "ours": run.train_seconds / 60,
+                "ours": float(np.mean([run.train_seconds for run in runs])) / 60,
             }
         )
     table = pd.DataFrame(rows)
     at_most = table["criterion"].str.contains("at most")
     table["met"] = (table["ours"] >= table["required"]).where(~at_most, table["ours"] <= table["required"])
+    table["n"] = len(runs)
     return table
 
 
@@ -739,40 +768,46 @@ def run_storage(runs: Sequence[Run], directory: str | os.PathLike[str]) -> pd.Da
 
 
 def inference_sweep(
-    sources: Mapping[str, Run],
+    sources: Mapping[str, Sequence[Run]],
     test_loader: BatchLoader,
     *,
     sparsities: Sequence[float] | None = None,
     device: str | torch.device = "cpu",
 ) -> pd.DataFrame:
-    """Each source run's model with its sparsity raised at inference to every one of
-    ``sparsities`` (default: its config's ``inference_sparsities``), without retraining:
+    """Each source's runs (one per seed) with their sparsity raised at inference to every one
+    of ``sparsities`` (default: the config's ``inference_sparsities``), without retraining:
     accuracy and dense-vs-CSR latency per point
-    (:func:`~dynprune_lib.efficiency.inference_sparsity_sweep`), with a ``source`` column."""
+    (:func:`~dynprune_lib.efficiency.inference_sparsity_sweep`), with ``source`` and ``seed`` columns."""
     frames = []
-    for name, run in sources.items():
-        targets = run.config.inference_sparsities if sparsities is None else sparsities
-        frame = inference_sparsity_sweep(
-            run.model,
-            test_loader,
-            targets,
-            latency_batches=run.config.latency_batches,
-            seconds=run.config.latency_seconds,
-            device=device,
-        )
-        frame.insert(0, "source", name)
-        frames.append(frame)
+    for name, runs in sources.items():
+        for run in [runs] if isinstance(runs, Run) else runs:
+            targets = run.config.inference_sparsities if sparsities is None else sparsities
+            frame = inference_sparsity_sweep(
+                run.model,
+                test_loader,
+                targets,
+                latency_batches=run.config.latency_batches,
+                seconds=run.config.latency_seconds,
+                device=device,
+            )
+            frame.insert(0, "seed", run.seed)
+            frame.insert(0, "source_sparsity", math.nan if run.sparsity is None else run.sparsity)
+            frame.insert(0, "source", name)
+            frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
-def inference_sources(runs: Sequence[Run], *, sparsity: float | None = None) -> dict[str, Run]:
-    """The trained models whose sparsity notebook 03 raises at inference: the dense model and
-    the DSR model trained at ``sparsity`` (default: the lowest it was trained at), by name."""
+def inference_sources(runs: Sequence[Run], *, sparsity: float | None = None) -> dict[str, list[Run]]:
+    """The trained models whose sparsity notebook 03 raises at inference, every seed of each: the
+    dense model and the DSR model trained at ``sparsity`` (default: the lowest it was trained at)."""
     dsr = [run.sparsity for run in runs if run.method == "dsr"]
     if not dsr:
         raise ValueError("runs hold no DSR run")
     sparsity = min(dsr) if sparsity is None else sparsity
-    return {"dense MLP": find_run(runs, "dense"), f"DSR MLP trained at {sparsity:g}": find_run(runs, "dsr", sparsity)}
+    return {
+        "dense MLP": [run for run in runs if run.method == "dense"],
+        f"DSR MLP trained at {sparsity:g}": [run for run in runs if run.method == "dsr" and run.sparsity == sparsity],
+    }
 
 
 def experiment_conditions(runs: Sequence[Run], data: CIFAR10Data, device: str | torch.device) -> dict[str, object]:
@@ -795,13 +830,23 @@ def experiment_conditions(runs: Sequence[Run], data: CIFAR10Data, device: str | 
 
 
 def sparsity_claim_table(runs: pd.DataFrame, inference: pd.DataFrame, *, method: str = "dsr") -> pd.DataFrame:
-    """Test accuracy at each sparsity: retrained (``run_table`` rows of ``method``, mean over
-    seeds) beside every inference-time source (``inference_sweep``), and their differences."""
-    retrained = runs[runs["method"] == method].groupby("sparsity_target")["final_test_acc"].mean().rename("retrained")
-    per_source = inference.drop_duplicates(["source", "sparsity_target"]).pivot(
-        index="sparsity_target", columns="source", values="test_acc"
-    )
-    table = pd.concat([retrained, per_source], axis=1).sort_index()
-    for source in per_source.columns:
-        table[f"{source} - retrained"] = table[source] - table["retrained"]
-    return table.rename_axis("sparsity").reset_index()
+    """Test accuracy at each sparsity of a source whose sparsity was raised at inference
+    (``inference_sweep``) beside ``method`` retrained at that sparsity (``run_table``), paired by
+    seed: one row per (sparsity, source, seed) both have, with ``difference`` = raised - retrained.
+
+    A source is not compared at the sparsity it was trained at (that would compare a model with
+    itself)."""
+    retrained = runs[runs["method"] == method].set_index(["sparsity_target", "seed"])["final_test_acc"]
+    raised = inference.drop_duplicates(["source", "seed", "sparsity_target"])
+    raised = raised[~np.isclose(raised["sparsity_target"], raised["source_sparsity"].fillna(-1.0))]
+    table = pd.DataFrame(
+        {
+            "sparsity": raised["sparsity_target"].to_numpy(),
+            "source": raised["source"].to_numpy(),
+            "seed": raised["seed"].to_numpy(),
+            "raised": raised["test_acc"].to_numpy(),
+            "retrained": retrained.reindex(list(zip(raised["sparsity_target"], raised["seed"]))).to_numpy(),
+        }
+    ).dropna(subset=["retrained"])
+    table["difference"] = table["raised"] - table["retrained"]
+    return table.sort_values(["sparsity", "source", "seed"], kind="stable").reset_index(drop=True)

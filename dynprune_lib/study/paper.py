@@ -19,7 +19,7 @@ from ..train import hardware_name
 if TYPE_CHECKING:
     from ..data import CIFAR10Data
 
-__all__ = ["PAPER", "PAPER_CLAIMS", "compare_with_paper", "paper_marks", "run_conditions"]
+__all__ = ["PAPER", "PAPER_CLAIMS", "compare_with_paper", "comparison_sentence", "paper_marks", "run_conditions"]
 
 #: Section 3.1, baseline CNN on CIFAR-10 after 10 epochs.
 #: Section 3.2, dynamic-pruning CNN: test accuracy after epochs 1 and 4, best
@@ -74,21 +74,26 @@ def compare_with_paper(
     """Paper vs reproduced table for one experiment of ``PAPER``.
 
     One row per number the paper reports, with ours from ``history`` (a ``fit``
-    history), their difference, and the conditions ours were measured under
-    (data copy, epochs, seed, device...). A metric for an epoch we did not run
-    is NaN, never filled in.
+    history, or several in one table with a ``seed`` column: ours is then their mean,
+    with ``ours_std`` and ``n``), their difference, and the conditions ours were
+    measured under (data copy, epochs, seeds, device...). A metric for an epoch we
+    did not run is NaN, never filled in.
     """
     if experiment not in PAPER:
         raise ValueError(f"experiment must be one of {sorted(PAPER)}, got {experiment!r}")
+    per_seed = [h for _, h in history.groupby("seed")] if "seed" in history.columns else [history]
     rows = []
     for metric, paper_value in PAPER[experiment].items():
-        ours = _ours(history, metric)
+        values = pd.Series([_ours(h, metric) for h in per_seed], dtype=float)
+        ours = float(values.mean())
         rows.append(
             {
                 "experiment": experiment,
                 "metric": metric,
                 "paper": paper_value,
                 "ours": ours,
+                "ours_std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+                "n": len(values),
                 "difference": ours - paper_value,
             }
         )
@@ -117,3 +122,24 @@ def paper_marks(experiment: str, last_epoch: int, metric: str = "test_acc") -> d
         if name == f"final {metric}":
             marks.setdefault(last_epoch, float(value))
     return dict(sorted(marks.items()))
+
+
+def comparison_sentence(table: pd.DataFrame) -> str:
+    """One sentence per row of :func:`compare_with_paper`'s table: ours (mean ± standard deviation
+    over ``n`` seeds), the paper's value and the difference; accuracies in %, losses as they are."""
+
+    def fmt(metric: str, value: float, sign: str = "") -> str:
+        return f"{100 * value:{sign}.2f} {'pt' if sign else '%'}" if "acc" in metric else f"{value:{sign}.4f}"
+
+    parts = []
+    for r in table.to_dict("records"):
+        if pd.isna(r["ours"]):
+            parts.append(f"{r['metric']}: not measured (the paper: {fmt(r['metric'], r['paper'])})")
+            continue
+        spread = "" if pd.isna(r.get("ours_std", float("nan"))) else f" ± {fmt(r['metric'], r['ours_std'])}"
+        spread = spread.replace(" %", " pt")
+        parts.append(
+            f"{r['metric']}: ours {fmt(r['metric'], r['ours'])}{spread} (n={r.get('n', 1)}) against the paper's "
+            f"{fmt(r['metric'], r['paper'])}, a difference of {fmt(r['metric'], r['difference'], '+')}"
+        )
+    return "; ".join(parts) + "."

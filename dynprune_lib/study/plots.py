@@ -55,7 +55,8 @@ def plot_history(
     """Training and validation curves per epoch (the paper's Figures 2-5).
 
     ``metric`` is ``"acc"`` or ``"loss"``. The validation curve is the test
-    split evaluated after every epoch, as in the paper's Keras set-up.
+    split evaluated after every epoch, as in the paper's Keras set-up. A
+    ``seed`` column with several seeds draws their mean and min-max band.
     ``paper`` optionally marks the paper's reported values ({epoch: value})
     beside ours.
     """
@@ -70,8 +71,15 @@ def plot_history(
     else:
         fig = ax.figure
     prefix = f"{label}: " if label else ""
-    ax.plot(history["epoch"], history[train_col], marker="o", label=f"{prefix}training")
-    ax.plot(history["epoch"], history[test_col], marker="s", label=f"{prefix}validation (test split)")
+    seeds = history["seed"].nunique() if "seed" in history.columns else 1
+    stats = history.groupby("epoch")[[train_col, test_col]].agg(["mean", "min", "max"])
+    suffix = f", mean of {seeds} seeds (band: min-max)" if seeds > 1 else ""
+    for column, marker, name in ((train_col, "o", "training"), (test_col, "s", "validation (test split)")):
+        (line,) = ax.plot(stats.index, stats[(column, "mean")], marker=marker, label=f"{prefix}{name}{suffix}")
+        if seeds > 1:
+            ax.fill_between(
+                stats.index, stats[(column, "min")], stats[(column, "max")], color=line.get_color(), alpha=0.2
+            )
     if paper:
         epochs, values = zip(*sorted(paper.items()))
         ax.scatter(epochs, values, marker="*", s=140, color="black", zorder=3, label="paper (reported)")
@@ -357,7 +365,9 @@ def plot_method_comparison(
         raise ValueError(f"histories lacks the columns {sorted(missing)}")
     frames = [histories[["method", "seed", "epoch", "test_acc"]]]
     if baseline is not None:
-        frames.append(baseline[["epoch", "test_acc"]].assign(method="baseline", seed=0))
+        frames.append(
+            baseline.assign(method="baseline", seed=baseline.get("seed", 0))[["method", "seed", "epoch", "test_acc"]]
+        )
     data = pd.concat(frames, ignore_index=True)
     labels = dict(labels or {})
     fig, (ax_c, ax_b) = plt.subplots(
@@ -428,7 +438,7 @@ def plot_accuracy_vs_sparsity(
 ) -> Figure:
     """Test accuracy against sparsity: ``method`` retrained at each sparsity (mean over seeds,
     min-max bars), the dense model as a line, and models whose sparsity was raised at
-    inference without retraining (one line per ``source``).
+    inference without retraining (one line per ``source``, mean over its seeds, min-max bars).
 
     ``runs`` is :func:`dynprune_lib.experiments.run_table` (``method``, ``sparsity_target``,
     ``final_test_acc``); ``inference`` is :func:`dynprune_lib.experiments.inference_sweep`
@@ -455,15 +465,18 @@ def plot_accuracy_vs_sparsity(
     targets = list(stats.index)
     if inference is not None:
         for source, part in inference.groupby("source", sort=False):
-            part = part.drop_duplicates("sparsity_target").sort_values("sparsity_target")
-            ax.plot(
-                1.0 - part["sparsity_target"].to_numpy(),
-                part["test_acc"],
+            keys = ["sparsity_target", "seed"] if "seed" in part.columns else ["sparsity_target"]
+            points = part.drop_duplicates(keys).groupby("sparsity_target")["test_acc"].agg(["mean", "min", "max"])
+            ax.errorbar(
+                1.0 - points.index.to_numpy(),
+                points["mean"],
+                yerr=[points["mean"] - points["min"], points["max"] - points["mean"]],
                 marker="s",
                 linestyle="--",
+                capsize=3,
                 label=f"{source}: sparsity raised at inference",
             )
-            targets += list(part["sparsity_target"])
+            targets += list(points.index)
     dense = runs.loc[runs["method"] == "dense", "final_test_acc"]
     if len(dense):
         ax.axhline(float(dense.mean()), color="0.3", linestyle=":", label="dense model")
@@ -488,7 +501,8 @@ def plot_latency_vs_sparsity(
     (column ``x``, e.g. ``"sparsity_target"``), one line per batch size and per value of the
     column ``by`` (e.g. ``"source"``): dense (dotted), ours (solid) and each of ``peers``
     (dashed; from its ``<peer>_ms`` column, skipped where not measured). ``latency`` also has
-    ``batch``, ``dense_ms``, ``sparse_ms``."""
+    ``batch``, ``dense_ms``, ``sparse_ms``; several rows at one point (models of several seeds)
+    are drawn as their median."""
     needed = {x, "batch", "dense_ms", "sparse_ms"} | ({by} if by else set())
     missing = needed - set(latency.columns)
     if missing:
@@ -500,7 +514,7 @@ def plot_latency_vs_sparsity(
     for key, part in latency.groupby(keys, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         name = f"{key[0]}, batch {key[1]}" if by else f"batch {key[0]}"
-        part = part.sort_values(x)
+        part = part.groupby(x, as_index=False).median(numeric_only=True)  # the median over seeds' models
         density = 1.0 - part[x].to_numpy()
         (line,) = ax_t.plot(density, part["dense_ms"], marker="o", linestyle=":", label=f"PyTorch dense: {name}")
         colour = line.get_color()

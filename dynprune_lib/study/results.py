@@ -78,6 +78,7 @@ RESULT_FILES: Mapping[str, ResultFile] = _files(
     ResultFile("fig6_paper_claims.csv", _04, "the paper's Figure 6 reading against the scores"),
     ResultFile("paper_vs_ours.csv", _05, "every number the paper reports beside ours"),
     ResultFile("paper_claims_checked.csv", _05, "each claim of the paper, its measurement and verdict"),
+    ResultFile("goals.csv", _05, "every goal set before the numbers (notebooks, benchmarks): met or missed"),
     ResultFile("run_times.csv", "run_all.sh", "each notebook's wall time as run_all.sh measured it"),
 )
 

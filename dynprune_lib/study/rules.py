@@ -34,8 +34,8 @@ SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclu
 class Rule:
     """``d > threshold`` decided on the confidence interval of the mean of ``d`` over seeds.
 
-    ``unit``: ``"accuracy"`` (fractions, shown in points), ``"x"`` (a ratio) or
-    ``"score"``; ``exact``: the measurement has no noise, so one value decides.
+    ``unit``: ``"accuracy"`` (fractions, shown in points), ``"x"`` (a ratio),
+    ``"score"`` or ``"share"`` (of seeds, each 0 or 1); ``exact``: the measurement has no noise, so one value decides.
     """
 
     name: str
@@ -46,9 +46,11 @@ class Rule:
 
     def describe(self) -> str:
         """The rule in words, for the claims table."""
-        shown = {"accuracy": f"{100 * self.threshold:+g} pt", "x": f"{self.threshold:g}x"}.get(
-            self.unit, f"{self.threshold:+g}"
-        )
+        shown = {
+            "accuracy": f"{100 * self.threshold:+g} pt",
+            "x": f"{self.threshold:g}x",
+            "share": f"{self.threshold:g} of the seeds",
+        }.get(self.unit, f"{self.threshold:+g}")
         if self.exact:
             return f"above {shown} (exact measurement)"
         return f"{100 * self.confidence:g} % CI of the mean over seeds above {shown}"
@@ -63,6 +65,20 @@ class Verdict:
     low: float
     high: float
     n: int
+
+    def interval(self, unit: str) -> str:
+        """``mean [low, high], n=...`` in ``unit`` (see :class:`Rule`), for tables and sentences."""
+
+        def fmt(v: float) -> str:
+            if math.isinf(v):
+                return "-inf" if v < 0 else "inf"
+            return {"accuracy": f"{100 * v:+.2f} pt", "x": f"{v:.2f}x", "share": f"{v:.2f}"}.get(unit, f"{v:+.3f}")
+
+        if self.low == self.high == self.mean:
+            return f"{fmt(self.mean)} (n={self.n})"
+        if math.isinf(self.low) and math.isinf(self.high):
+            return f"{fmt(self.mean)} (n={self.n}, no interval)"
+        return f"{fmt(self.mean)} [{fmt(self.low)}, {fmt(self.high)}] (n={self.n})"
 
 
 def decide(rule: Rule, differences: Sequence[float]) -> Verdict:
@@ -101,6 +117,8 @@ RULES: dict[str, Rule] = {
         Rule("smaller", 1.0, "x", exact=True),
         Rule("faster", 1.0, "x"),
         Rule("higher score", 0.05, "score"),
+        # one value per seed: 1 when its curves show the symptom (overfitting_signs), else 0
+        Rule("shows the symptom", 0.5, "share"),
     )
 }
 
