@@ -277,43 +277,37 @@ class _Claims:
     def __init__(self) -> None:
         self.rows: list[dict[str, object]] = []
 
-    def add(self, claim: str, measure: str, rule_name: str, values) -> None:
+    def row(self, claim: str, measure: str, rule_name: str, **fields: object) -> None:
+        """A row with its rule named and described; ``fields``: n, ours, low, high, ours_text, verdict."""
         rule = RULES[rule_name]
-        found = decide(rule, list(values))
+        blank = {"n": 0, "ours": math.nan, "low": math.nan, "high": math.nan}
         self.rows.append(
-            {
-                "claim": claim,
-                "measurement": measure,
-                "rule": f"{rule_name}: {rule.describe()}",
-                "n": found.n,
-                "ours": found.mean,
-                "low": found.low,
-                "high": found.high,
-                "ours_text": found.interval(rule.unit),
-                "unit": rule.unit,
-                "verdict": found.verdict,
-            }
+            {"claim": claim, "measurement": measure, "rule": f"{rule_name}: {rule.describe()}", "unit": rule.unit}
+            | blank
+            | fields
+        )
+
+    def add(self, claim: str, measure: str, rule_name: str, values) -> None:
+        """A row decided here by ``rule_name`` on ``values`` (one per seed)."""
+        found = decide(RULES[rule_name], list(values))
+        self.row(
+            claim,
+            measure,
+            rule_name,
+            n=found.n,
+            ours=found.mean,
+            low=found.low,
+            high=found.high,
+            ours_text=found.interval(RULES[rule_name].unit),
+            verdict=found.verdict,
         )
 
     def not_measured(self, claim: str, measure: str, rule_name: str, why: str) -> None:
-        rule = RULES[rule_name]
-        self.rows.append(
-            {
-                "claim": claim,
-                "measurement": measure,
-                "rule": f"{rule_name}: {rule.describe()}",
-                "n": 0,
-                "ours": math.nan,
-                "low": math.nan,
-                "high": math.nan,
-                "ours_text": f"n/m ({why})",
-                "unit": rule.unit,
-                "verdict": "not measured",
-            }
-        )
+        self.row(claim, measure, rule_name, ours_text=f"n/m ({why})", verdict="not measured")
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows)
+        columns = ["claim", "measurement", "rule", "n", "ours", "low", "high", "ours_text", "unit", "verdict"]
+        return pd.DataFrame(self.rows, columns=columns)
 
 
 def cnn_claims(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
@@ -418,25 +412,18 @@ def _figure6_decided(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
 def figure6_claims(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """The Figure 6 readings decided on notebook 04's per-seed scores by the rule ``"higher score"``
     (:func:`~.comparison.check_paper_claims`), rows as in :func:`claims_table`."""
-    rule = RULES["higher score"]
-    return pd.DataFrame(
-        [
-            {
-                "claim": f"Figure 6: {r['aspect']} is higher for {r['paper: higher for']}",
-                "measurement": f"{r['aspect']} score of {r['network']} minus {TRADITIONAL_NAME}, "
-                "shown as the paper's side's lead",
-                "rule": f"higher score: {rule.describe()}",
-                "n": r["n"],
-                "ours": r["network - traditional"],
-                "low": math.nan,
-                "high": math.nan,
-                "ours_text": r.get("paper's side leads by", "n/m"),
-                "unit": "score",
-                "verdict": r["verdict"],
-            }
-            for r in _figure6_decided(results_dir).to_dict("records")
-        ]
-    )
+    claims = _Claims()
+    for r in _figure6_decided(results_dir).to_dict("records"):
+        claims.row(
+            f"Figure 6: {r['aspect']} is higher for {r['paper: higher for']}",
+            f"{r['aspect']} score of {r['network']} minus {TRADITIONAL_NAME}, shown as the paper's side's lead",
+            "higher score",
+            n=r["n"],
+            ours=r["network - traditional"],
+            ours_text=r["paper's side leads by"] if isinstance(r.get("paper's side leads by"), str) else "n/m",
+            verdict=r["verdict"],
+        )
+    return claims.frame()
 
 
 def claims_table(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
