@@ -36,7 +36,8 @@ from dynprune_lib.study.results import RESULT_FILES  # noqa: E402
 def _claims_markdown(table: pd.DataFrame) -> str:
     # a claims table written before the rules were in code has no "rule" column
     columns = [c for c in ("claim", "measurement", "rule", "ours_text", "verdict") if c in table.columns]
-    return table[columns].rename(columns={"ours_text": "ours: mean [95 % CI] (n)"}).to_markdown(index=False)
+    shown = "ours: mean [95 % CI] (n)" if "n" in table.columns else "ours"
+    return table[columns].rename(columns={"ours_text": shown}).to_markdown(index=False)
 
 
 def _goals_markdown(table: pd.DataFrame) -> str:
