@@ -374,8 +374,6 @@ def cnn_claims(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
         "smaller",
         [dense_bytes / csr_bytes],
     )
-    if "seed" not in latency.columns:
-        latency = latency.assign(seed=0)
     for (batch, threads, device), part in latency.groupby(["batch", "threads", "device"], sort=True):
         claims.add(
             "dynamic pruning improves inference speed",

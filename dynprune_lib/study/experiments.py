@@ -49,7 +49,7 @@ from ..models import MLP, BaselineCNN, DynamicCNN, WideResNet
 from ..schedulers import DSR, SET, MagnitudePruning, RigL
 from ..train import StepSchedule, fit, set_seed
 from .efficiency import inference_sparsity_sweep, latency_table, sparsity_summary, storage_table
-from .paper import PAPER, run_conditions
+from .paper import PAPER, run_conditions, split_seeds
 from .profiles import BASELINE, DSR_REFERENCE, METHODS, WRN_RECIPES, BaselineRecipe, ExperimentConfig
 from .results import RESULT_FILES
 
@@ -628,7 +628,6 @@ def method_table(runs: Sequence[Run], *, baseline: pd.DataFrame | None = None) -
         raise ValueError("runs is empty")
     per_run = run_table(runs)
     if baseline is not None:
-        per_seed = [h for _, h in baseline.groupby("seed")] if "seed" in baseline.columns else [baseline]
         rows = [
             {
                 "method": "baseline",
@@ -644,7 +643,7 @@ def method_table(runs: Sequence[Run], *, baseline: pd.DataFrame | None = None) -
                 "train_minutes": float(h["seconds"].sum()) / 60,
                 "precision": "fp32",  # notebook 01 and baseline_history train with fit's default
             }
-            for h in per_seed
+            for h in split_seeds(baseline)
         ]
         per_run = pd.concat([per_run, pd.DataFrame(rows)], ignore_index=True)
     table = (
@@ -780,7 +779,7 @@ def inference_sweep(
     (:func:`~dynprune_lib.efficiency.inference_sparsity_sweep`), with ``source`` and ``seed`` columns."""
     frames = []
     for name, runs in sources.items():
-        for run in [runs] if isinstance(runs, Run) else runs:
+        for run in runs:
             targets = run.config.inference_sparsities if sparsities is None else sparsities
             frame = inference_sparsity_sweep(
                 run.model,

@@ -19,7 +19,15 @@ from ..train import hardware_name
 if TYPE_CHECKING:
     from ..data import CIFAR10Data
 
-__all__ = ["PAPER", "PAPER_CLAIMS", "compare_with_paper", "comparison_sentence", "paper_marks", "run_conditions"]
+__all__ = [
+    "PAPER",
+    "PAPER_CLAIMS",
+    "compare_with_paper",
+    "comparison_sentence",
+    "paper_marks",
+    "run_conditions",
+    "split_seeds",
+]
 
 #: Section 3.1, baseline CNN on CIFAR-10 after 10 epochs.
 #: Section 3.2, dynamic-pruning CNN: test accuracy after epochs 1 and 4, best
@@ -68,6 +76,11 @@ def _ours(history: pd.DataFrame, metric: str) -> float:
     return float(rows.iloc[0]) if len(rows) else float("nan")
 
 
+def split_seeds(history: pd.DataFrame) -> list[pd.DataFrame]:
+    """One history per seed of a long table with a ``seed`` column; a table without one is one run."""
+    return [h for _, h in history.groupby("seed")] if "seed" in history.columns else [history]
+
+
 def compare_with_paper(
     experiment: str, history: pd.DataFrame, conditions: Mapping[str, object] | None = None
 ) -> pd.DataFrame:
@@ -81,7 +94,7 @@ def compare_with_paper(
     """
     if experiment not in PAPER:
         raise ValueError(f"experiment must be one of {sorted(PAPER)}, got {experiment!r}")
-    per_seed = [h for _, h in history.groupby("seed")] if "seed" in history.columns else [history]
+    per_seed = split_seeds(history)
     rows = []
     for metric, paper_value in PAPER[experiment].items():
         values = pd.Series([_ours(h, metric) for h in per_seed], dtype=float)
