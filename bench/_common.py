@@ -5,7 +5,9 @@ Every ``bench/bench_*.py`` writes one JSON file::
     {"benchmark": name, "description": ..., "commit": ..., "dirty": ..., "date": ...,
      "machine": {...}, "arguments": {...}, "results": {...}}
 
-``machine`` says what ran it (versions, CPU, threads, load), ``commit`` and
+``results["goals"]`` (when a benchmark sets targets) lists each one as
+:func:`goal` writes it, met or missed; ``study.goals_table`` reads them into
+notebook 05 and the README. ``machine`` says what ran it (versions, CPU, threads, load), ``commit`` and
 ``dirty`` which code did (``dirty``: tracked files other than ``results/`` and
 ``figures/`` differed from that commit). Run benchmarks on an idle machine.
 """
@@ -68,6 +70,11 @@ def bench_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, default=RESULTS / f"{name}.json", help="the JSON file to write")
     return parser
+
+
+def goal(goal: str, required: float, measured: float, met: bool, **extra: Any) -> dict[str, Any]:
+    """One target of a benchmark, in the form ``study.goals_table`` reads (``extra``: context columns)."""
+    return {"goal": goal, "required": float(required), "measured": float(measured), "met": bool(met), **extra}
 
 
 def write_result(args: argparse.Namespace, name: str, doc: str | None, results: dict[str, Any], **machine: Any) -> Path:

@@ -1,26 +1,27 @@
-"""Cost of dynamic sparse training with DSR against dense training.
+"""Cost of dynamic sparse training with DSR against dense training, as notebook 02 trains.
 
-BaselineCNN (the paper's CNN) at batch 32 with Adam (the paper's Keras
-defaults), on random CIFAR-sized inputs (the timing does not depend on the
-values), three ways in one run:
+The DynamicCNN of notebook 02's ``cpu`` profile at its batch size, optimizer
+(SGD, Nesterov momentum, weight decay) and precision (bfloat16 autocast), on
+random CIFAR-sized inputs (the timing does not depend on the values), three ways
+in one run:
 
-* ``dense``: the plain ``nn.Conv2d``/``nn.Linear`` model;
-* ``masked``: the same model after ``sparsify(model, 0.9)`` (inner layers
-  masked, first conv and classifier dense, as DSR), no mask updates;
-* ``dsr``: ``masked`` plus ``DSR.step()`` after every optimizer step
-  (update period 100, ``N_p`` 600), so the per-step times include the
-  amortised prune/regrow updates.
+* ``dense``: the network with masks of ones (notebook 02's ``dense`` method);
+* ``masked``: the same weights with the uniform random masks DSR starts from at
+  the profile's sparsity, no mask updates;
+* ``dsr``: ``masked`` plus ``DSR.step()`` after every optimizer step with the
+  schedule notebook 02 derives (``study.dsr_schedule``: ``N_p`` and the first,
+  shortest update period), so the per-step times include the amortised updates.
 
 The variants run interleaved in ``--rounds`` blocks of ``--steps`` steps after a
 warm-up, in an order rotated every round, so drifting machine load affects all
-alike. Reported: median and mean
-time per step, the median cost of one ``DSR.update()`` and an epoch estimate
-(1,563 steps x median step time, plus 15 updates x median update time for DSR;
+alike. Reported: median and mean time per step, the median cost of one
+``DSR.update()`` and an epoch estimate (steps per epoch x median step time, plus,
+for DSR, the updates of an epoch at the shortest period x median update time;
 the estimate from mean step times is reported too, but load spikes from other
-processes inflate means). Target: the DSR epoch within 10 % of the
-dense one. Writes ``results/bench_dsr_overhead.json``.
+processes inflate means). Target: the DSR epoch within 10 % of the dense one.
+Writes ``results/bench_dsr_overhead.json``.
 
-    python bench/bench_dsr_overhead.py [--rounds 5] [--steps 200] [--threads N]
+    python bench/bench_dsr_overhead.py [--rounds 5] [--steps 100] [--threads N]
 """
 
 from __future__ import annotations
@@ -34,36 +35,49 @@ import torch
 import torch.nn.functional as F
 
 import dynprune_lib as dp
+from dynprune_lib import study
 
-from _common import bench_parser, write_result  # bench/ is sys.path[0] when run as a script
+from _common import bench_parser, goal, write_result  # bench/ is sys.path[0] when run as a script
 
 NAME = "bench_dsr_overhead"
 
-BATCH = 32
 TRAIN_IMAGES = 50_000
 TARGET_OVERHEAD = 0.10
 
 
-def make_variants(sparsity: float, device: torch.device):
+def make_variants(config: study.ExperimentConfig, steps_per_epoch: int, device: torch.device):
+    """(model, optimizer, pruner) for dense, masked and DSR, from the same initial weights."""
     dp.set_seed(0)
-    dense = dp.BaselineCNN().to(device)
-    sparse = dp.sparsify(copy.deepcopy(dense), sparsity, mask_init="random", generator=torch.Generator().manual_seed(0))
-    masked = copy.deepcopy(sparse)
+    dense = study.build_model(config)
+    masked = copy.deepcopy(dense)
+    target = study.sparse_layer_target(masked, config.sparsity, config.sparsity_scope)
+    generator = torch.Generator().manual_seed(0)
+    study.init_random_masks(masked, target, distribution=config.distribution, generator=generator)
     variants = {}
-    for name, model in (("dense", dense), ("masked", masked), ("dsr", sparse)):
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        pruner = dp.DSR(model, opt, n_prune=600, period=100) if name == "dsr" else None
+    for name, model in (("dense", dense), ("masked", masked), ("dsr", copy.deepcopy(masked))):
+        model.to(device)
+        opt = torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+        )
+        schedule = study.dsr_schedule(config, model, steps_per_epoch)
+        pruner = dp.DSR(model, opt, seed=0, **schedule) if name == "dsr" else None
         variants[name] = (model, opt, pruner)
     return variants
 
 
-def run_steps(model, opt, pruner, data, n: int, times: list[float] | None) -> None:
+def run_steps(model, opt, pruner, data, n: int, times: list[float] | None, precision: str) -> None:
     model.train()
     for i in range(n):
         x, y = data[i % len(data)]
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
         opt.step()
         if pruner is not None:
             pruner.step()
@@ -76,10 +90,9 @@ def run_steps(model, opt, pruner, data, n: int, times: list[float] | None) -> No
 def main() -> None:
     parser = bench_parser(NAME, __doc__)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=200, help="steps per variant per round")
+    parser.add_argument("--steps", type=int, default=100, help="steps per variant per round")
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--updates", type=int, default=30, help="timed DSR.update() calls")
-    parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -87,21 +100,24 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    variants = make_variants(args.sparsity, device)
+    config = study.experiment_profile("dynamic_cnn", "cpu")
+    batch = config.batch_size
+    steps_per_epoch = -(-TRAIN_IMAGES // batch)
+    variants = make_variants(config, steps_per_epoch, device)
     g = torch.Generator().manual_seed(1)
     data = [
-        (torch.rand(BATCH, 3, 32, 32, generator=g).to(device), torch.randint(0, 10, (BATCH,), generator=g).to(device))
+        (torch.rand(batch, 3, 32, 32, generator=g).to(device), torch.randint(0, 10, (batch,), generator=g).to(device))
         for _ in range(16)
     ]
     load_before = os.getloadavg()
     for model, opt, pruner in variants.values():
-        run_steps(model, opt, pruner, data, args.warmup, None)
+        run_steps(model, opt, pruner, data, args.warmup, None, config.precision)
     times: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for r in range(args.rounds):
         for name in names[r % 3 :] + names[: r % 3]:  # rotate the order: no position bias
             model, opt, pruner = variants[name]
-            run_steps(model, opt, pruner, data, args.steps, times[name])
+            run_steps(model, opt, pruner, data, args.steps, times[name], config.precision)
 
     model, opt, pruner = variants["dsr"]
     updates_timed = len({row["step"] for row in pruner.log if row["step"] > args.warmup})
@@ -114,7 +130,6 @@ def main() -> None:
         update_times.append(time.perf_counter() - start)
     load_after = os.getloadavg()
 
-    steps_per_epoch = -(-TRAIN_IMAGES // BATCH)
     update_s = statistics.median(update_times)
     updates_per_epoch = steps_per_epoch // pruner.current_period()
     summary = {}
@@ -133,10 +148,22 @@ def main() -> None:
     ratio_mean = summary["dsr"]["epoch_estimate_from_mean_s"] / summary["dense"]["epoch_estimate_from_mean_s"]
     layers = dict(dp.sparse_modules(model))
     result = {
-        "model": "BaselineCNN",
-        "batch_size": BATCH,
-        "optimizer": "Adam(lr=1e-3)",
-        "sparsity": args.sparsity,
+        "goals": [
+            goal(
+                f"DSR epoch within {TARGET_OVERHEAD:.0%} of dense (notebook 02's network; DSR/dense time)",
+                1.0 + TARGET_OVERHEAD,
+                ratio,
+                ratio <= 1.0 + TARGET_OVERHEAD,
+                threads=torch.get_num_threads(),
+            )
+        ],
+        "model": "DynamicCNN (notebook 02, cpu profile)",
+        "widths": list(config.widths),
+        "batch_size": batch,
+        "optimizer": f"SGD(lr={config.lr}, momentum={config.momentum}, nesterov={config.nesterov}, "
+        f"weight_decay={config.weight_decay})",
+        "precision": config.precision,
+        "sparsity": config.sparsity,
         "sparse_layers": {
             n: {"shape": list(m.weight.shape), "mask_sparsity": m.mask_sparsity} for n, m in layers.items()
         },

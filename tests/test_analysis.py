@@ -272,6 +272,13 @@ def test_claims_summary_and_goals_name_every_verdict_and_missed_goal(tmp_path):
     assert all(goal in sentence for goal in missed["goal"])
 
 
+def test_goals_table_refuses_a_benchmark_file_without_commit_and_results(tmp_path):
+    results = _write_results(tmp_path)
+    (results / "bench_old.json").write_text(json.dumps({"benchmark": "old", "target_met": False}))
+    with pytest.raises(ValueError, match=r"bench_old.json is not in the benchmark format.*bench/bench_old.py"):
+        analysis.goals_table(results)
+
+
 def test_tables_against_sparsity_and_training_time(tmp_path):
     results = _write_results(tmp_path)
     accuracy = analysis.accuracy_sparsity_table(results)

@@ -497,7 +497,12 @@ def goals_table(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
         )
     for path in sorted(Path(results_dir).glob("bench_*.json")):
         bench = json.loads(path.read_text())
-        goals = pd.DataFrame(bench.get("results", {}).get("goals", []))
+        if not isinstance(bench, dict) or "commit" not in bench or not isinstance(bench.get("results"), dict):
+            raise ValueError(
+                f"{path} is not in the benchmark format (commit, machine, results; bench/_common.py): "
+                f"it predates it or was written by hand. Re-run bench/{path.stem}.py on an idle machine."
+            )
+        goals = pd.DataFrame(bench["results"].get("goals", []))
         if goals.empty:
             continue
         threads = goals["threads"].astype(str) if "threads" in goals.columns else "?"
