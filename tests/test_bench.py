@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dynprune_lib.study import analysis
-
 from test_analysis import _write_results
+
+from dynprune_lib.study import analysis
 
 ROOT = Path(__file__).resolve().parent.parent
 

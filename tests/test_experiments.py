@@ -224,6 +224,38 @@ def test_runs_are_deterministic_under_the_seed(tmp_path):
     assert not torch.equal(c.model.features[4].mask, a.model.features[4].mask)
 
 
+def test_parallel_runs_train_in_workers_exactly_the_runs_trained_here(tmp_path):
+    data, config = synthetic_cifar(), _config(threads_per_run=1)
+    here = study.run_methods(
+        config, data, methods=["dense", "dsr"], seeds=[0, 1], run_dir=tmp_path / "here", verbose=False
+    )
+    parallel = dataclasses.replace(config, parallel_runs=2)
+    assert parallel.training_key("dsr", 0.9) == config.training_key("dsr", 0.9)  # the same runs, same files
+    workers = study.run_methods(
+        parallel, data, methods=["dense", "dsr"], seeds=[0, 1], run_dir=tmp_path / "workers", verbose=False
+    )
+    assert [(r.method, r.seed) for r in workers] == [(r.method, r.seed) for r in here]
+    for a, b in zip(here, workers):
+        assert b.checkpoint.parent == tmp_path / "workers" and b.checkpoint.name == a.checkpoint.name
+        cols = [c for c in a.history.columns if c != "seconds"]
+        pd.testing.assert_frame_equal(a.history[cols], b.history[cols], check_exact=True)
+        assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    assert torch.get_num_threads() == 1  # the one_thread fixture's setting, restored after each run
+
+
+def test_threads_per_run_is_part_of_a_run_and_parallel_runs_needs_it(tmp_path):
+    cpu = study.experiment_profile("dynamic_cnn", "cpu")
+    assert dataclasses.replace(cpu, threads_per_run=1).training_key("dsr", 0.9) != cpu.training_key("dsr", 0.9)
+    with pytest.raises(ValueError, match="parallel_runs=2 needs threads_per_run"):
+        dataclasses.replace(cpu, parallel_runs=2)
+    torch.set_num_threads(2)
+    try:
+        study.train_run(_config(threads_per_run=1), synthetic_cifar(), "dense", run_dir=tmp_path, verbose=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+
+
 def test_run_errors_name_the_argument(tmp_path):
     data = synthetic_cifar()
     with pytest.raises(ValueError, match="method"):
@@ -402,6 +434,7 @@ def test_sparsity_sweep_runs_every_pruning_method_at_every_sparsity(tmp_path, mo
         all_seeds_at=(),
         methods=("dense", "dsr", "set"),
         sparsities=(0.5, 0.9),
+        parallel_runs=1,  # the stand-in train_run lives in this process only
     )
     study.sparsity_sweep(config, synthetic_cifar(), run_dir=tmp_path, verbose=False)
     assert calls == [

@@ -29,10 +29,13 @@ few for a per-epoch schedule to warm up and anneal smoothly.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import functools
 import math
+import multiprocessing
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -364,19 +367,20 @@ def train_run(
         cycle_momentum=False,
     )
     pruner = _build_pruner(config, method, model, optimizer, target, total_steps, seed)
-    history = fit(
-        model,
-        train_loader,
-        test_loader,
-        epochs=config.epochs,
-        optimizer=optimizer,
-        pruner=StepSchedule(lr_scheduler, pruner),
-        device=device,
-        checkpoint=checkpoint,
-        progress=progress,
-        verbose=verbose,
-        precision=config.precision,
-    )
+    with _torch_threads(config.threads_per_run):
+        history = fit(
+            model,
+            train_loader,
+            test_loader,
+            epochs=config.epochs,
+            optimizer=optimizer,
+            pruner=StepSchedule(lr_scheduler, pruner),
+            device=device,
+            checkpoint=checkpoint,
+            progress=progress,
+            verbose=verbose,
+            precision=config.precision,
+        )
     log = pruner.log_frame() if pruner is not None else None
     return Run(method, seed, sparsity, model, history, log, layer_sparsity, checkpoint, config, len(train_loader))
 
@@ -435,8 +439,61 @@ def sparsity_sweep(
     return _train_all(config, data, jobs, device=device, run_dir=run_dir, progress=progress, verbose=verbose)
 
 
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """Train with ``threads`` torch threads (0: leave the process's setting), restored after."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _worker_init(data: CIFAR10Data) -> None:
+    global _WORKER_DATA  # one copy of the data per worker process, not one per job
+    _WORKER_DATA = data
+
+
+_WORKER_DATA: CIFAR10Data | None = None
+
+
+def _worker_train(config: ExperimentConfig, job: tuple, run_dir: str) -> tuple[tuple, float, float]:
+    method, seed, sparsity = job
+    run = train_run(
+        config, _WORKER_DATA, method, seed=seed, sparsity=sparsity, run_dir=run_dir, progress=False, verbose=False
+    )
+    return job, float(run.history["test_acc"].iloc[-1]), run.train_seconds
+
+
+def _train_in_workers(config, data, jobs, *, run_dir, verbose) -> None:
+    """Train ``jobs`` in ``config.parallel_runs`` worker processes (checkpoints land in ``run_dir``)."""
+    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
+    with concurrent.futures.ProcessPoolExecutor(
+        config.parallel_runs, mp_context=context, initializer=_worker_init, initargs=(data,)
+    ) as pool:
+        futures = [pool.submit(_worker_train, config, job, str(run_dir)) for job in jobs]
+        for done in concurrent.futures.as_completed(futures):
+            (method, seed, sparsity), accuracy, seconds = done.result()
+            if verbose:
+                at = "" if sparsity is None else f" at sparsity {sparsity:g}"
+                print(
+                    f"== {method}{at}, seed {seed}: test_acc={accuracy:.4f} after {seconds / 60:.1f} min",
+                    flush=True,
+                )
+
+
 def _train_all(config, data, jobs, *, device, run_dir, progress, verbose) -> list[Run]:
-    """``train_run`` for each (method, seed, sparsity or None for the config's), announcing each."""
+    """``train_run`` for each (method, seed, sparsity or None for the config's), announcing each.
+
+    With ``config.parallel_runs > 1`` on the CPU, the runs first train in worker processes
+    (the same runs: ``threads_per_run`` fixes their numbers), then load here from their checkpoints.
+    """
+    if config.parallel_runs > 1 and torch.device(device).type == "cpu" and len(jobs) > 1:
+        if verbose:
+            print(f"training {len(jobs)} runs, {config.parallel_runs} at a time", flush=True)
+        _train_in_workers(config, data, jobs, run_dir=run_dir, verbose=verbose)
     runs = []
     for method, seed, sparsity in jobs:
         if verbose:

@@ -267,6 +267,12 @@ class ExperimentConfig(_Profile):
     precision: ``"bf16"`` trains with a bfloat16-autocast forward pass
         (:func:`~dynprune_lib.train.fit`; weights and evaluation stay float32),
         ``"fp32"`` in float32 throughout.
+    threads_per_run: torch threads each run trains with (0: PyTorch's default for
+        the process). Part of a run's key: the thread count changes a CPU run's numbers.
+    parallel_runs: runs a notebook trains at once, each in its own worker process
+        (CPU only; needs ``threads_per_run``). On the 2-core reference machine two
+        one-thread runs train about 1.3x faster than one two-thread run
+        (``bench/bench_training_speed.py``). A run's numbers do not depend on it.
     """
 
     name: str = knob(check=_name)
@@ -308,6 +314,15 @@ class ExperimentConfig(_Profile):
         ("onnxruntime", "sparseprop"), _tuple_of(_choice("onnxruntime", "sparseprop"))
     )
     precision: Literal["fp32", "bf16"] = knob("fp32", _choice(*PRECISIONS))
+    threads_per_run: int = knob(0, _int)
+    parallel_runs: int = knob(1, _positive_int)
+
+    def _validate(self) -> None:
+        if self.parallel_runs > 1 and self.threads_per_run == 0:
+            raise ValueError(
+                f"parallel_runs={self.parallel_runs} needs threads_per_run >= 1 (else every run "
+                "takes every core and they slow each other down)"
+            )
 
     @property
     def sparsity_scope(self) -> Literal["conv", "linear"]:
@@ -329,8 +344,11 @@ class ExperimentConfig(_Profile):
             "latency_sparsities",
             "latency_peers",
             "eval_batch_size",
+            "parallel_runs",
         }
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        if not fields["threads_per_run"]:  # the default keeps the keys of runs made before the knob
+            del fields["threads_per_run"]
         return content_key(fields, method, sparsity, length=8)
 
 
@@ -372,6 +390,9 @@ EXPERIMENTS: Mapping[str, Mapping[str, ExperimentConfig]] = {
             latency_seconds=0.05,
             latency_sparsities=(0.5, 0.95),
             latency_peers=("onnxruntime",),
+            # the worker processes' path, run inside the notebooks' kernels by the tests
+            threads_per_run=1,
+            parallel_runs=2,
         ),
         "cpu": _CNN_CPU,
         "gpu": _CNN_CPU.replace(name="gpu"),
@@ -393,6 +414,8 @@ EXPERIMENTS: Mapping[str, Mapping[str, ExperimentConfig]] = {
             latency_seconds=0.05,
             latency_sparsities=(0.5, 0.9),
             latency_peers=("onnxruntime",),
+            threads_per_run=1,
+            parallel_runs=2,
         ),
         "cpu": _MLP_CPU,
         "gpu": _MLP_CPU.replace(name="gpu", all_seeds_at=()),
