@@ -56,13 +56,7 @@ def make_variants(config: study.ExperimentConfig, steps_per_epoch: int, device: 
     variants = {}
     for name, model in (("dense", dense), ("masked", masked), ("dsr", copy.deepcopy(masked))):
         model.to(device)
-        opt = torch.optim.SGD(
-            model.parameters(),
-            lr=config.lr,
-            momentum=config.momentum,
-            nesterov=config.nesterov,
-            weight_decay=config.weight_decay,
-        )
+        opt = study.experiment_optimizer(config, model)
         schedule = study.dsr_schedule(config, model, steps_per_epoch)
         pruner = dp.DSR(model, opt, seed=0, **schedule) if name == "dsr" else None
         variants[name] = (model, opt, pruner)

@@ -56,13 +56,7 @@ def _setup(network: str):
         return setup.model, setup.optimizer, recipe.batch_size, recipe.precision
     config = study.experiment_profile("dynamic_cnn" if network == "cnn" else "dynamic_mlp", "cpu")
     model = study.build_model(config)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = study.experiment_optimizer(config, model)
     return model, optimizer, config.batch_size, config.precision
 
 

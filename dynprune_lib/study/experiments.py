@@ -63,6 +63,7 @@ __all__ = [
     "build_model",
     "dsr_schedule",
     "experiment_loaders",
+    "experiment_optimizer",
     "find_run",
     "experiment_conditions",
     "histories_frame",
@@ -187,6 +188,18 @@ def experiment_loaders(
         eval_batch_size=config.eval_batch_size,
         seed=seed,
         device=device,
+    )
+
+
+def experiment_optimizer(config: ExperimentConfig, model: nn.Module) -> torch.optim.SGD:
+    """The SGD every run of ``config`` trains ``model`` with (its peak learning rate; the
+    one-cycle schedule of :func:`train_run` moves it)."""
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
     )
 
 
@@ -347,13 +360,7 @@ def train_run(
         generator = torch.Generator().manual_seed(seed)
         layer_sparsity = init_random_masks(model, target, distribution=config.distribution, generator=generator)
     model.to(device)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = experiment_optimizer(config, model)
     total_steps = config.epochs * len(train_loader)
     if config.warmup * total_steps < 2:  # OneCycleLR divides by (warm-up steps - 1)
         raise ValueError(
