@@ -458,6 +458,11 @@ def _torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _job_label(method: str, seed: int, sparsity: float | None) -> str:
+    at = "" if sparsity is None else f" at sparsity {sparsity:g}"
+    return f"== {method}{at}, seed {seed}"
+
+
 def _worker_init(data: CIFAR10Data) -> None:
     global _WORKER_DATA  # one copy of the data per worker process, not one per job
     _WORKER_DATA = data
@@ -484,11 +489,8 @@ def _train_in_workers(config, data, jobs, *, run_dir, verbose) -> None:
         for done in concurrent.futures.as_completed(futures):
             (method, seed, sparsity), accuracy, seconds = done.result()
             if verbose:
-                at = "" if sparsity is None else f" at sparsity {sparsity:g}"
-                print(
-                    f"== {method}{at}, seed {seed}: test_acc={accuracy:.4f} after {seconds / 60:.1f} min",
-                    flush=True,
-                )
+                label = _job_label(method, seed, sparsity)
+                print(f"{label}: test_acc={accuracy:.4f} after {seconds / 60:.1f} min", flush=True)
 
 
 def _train_all(config, data, jobs, *, device, run_dir, progress, verbose) -> list[Run]:
@@ -504,8 +506,7 @@ def _train_all(config, data, jobs, *, device, run_dir, progress, verbose) -> lis
     runs = []
     for method, seed, sparsity in jobs:
         if verbose:
-            at = "" if sparsity is None else f" at sparsity {sparsity:g}"
-            print(f"== {method}{at}, seed {seed}", flush=True)
+            print(_job_label(method, seed, sparsity), flush=True)
         runs.append(
             train_run(
                 config,
