@@ -256,6 +256,25 @@ def test_threads_per_run_is_part_of_a_run_and_parallel_runs_needs_it(tmp_path):
         torch.set_num_threads(1)
 
 
+def test_baseline_seeds_train_in_workers_exactly_as_here(tmp_path):
+    data = synthetic_cifar()
+    recipe = study.BASELINE.replace(epochs=1, seeds=(0, 1), threads_per_run=1, parallel_runs=1)
+    here = study.train_baselines(data, recipe=recipe, run_dir=tmp_path / "here", verbose=False)
+    workers = study.train_baselines(
+        data, recipe=recipe.replace(parallel_runs=2), run_dir=tmp_path / "workers", verbose=False
+    )
+    cols = [c for c in here.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(here[cols], workers[cols], check_exact=True)
+    names = sorted(p.name for p in (tmp_path / "here").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "workers").iterdir()) and all("_t1" in n for n in names)
+    for seed in recipe.seeds:
+        a, _ = study.train_baseline(data, recipe=recipe, seed=seed, run_dir=tmp_path / "here", verbose=False)
+        b, _ = study.train_baseline(data, recipe=recipe, seed=seed, run_dir=tmp_path / "workers", verbose=False)
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(ValueError, match="parallel_runs=2 needs threads_per_run"):
+        study.BaselineRecipe(parallel_runs=2)
+
+
 def test_run_errors_name_the_argument(tmp_path):
     data = synthetic_cifar()
     with pytest.raises(ValueError, match="method"):

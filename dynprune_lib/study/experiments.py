@@ -463,6 +463,10 @@ def _job_label(method: str, seed: int, sparsity: float | None) -> str:
     return f"== {method}{at}, seed {seed}"
 
 
+def _baseline_label(seed: int) -> str:
+    return f"== baseline, seed {seed}"
+
+
 def _worker_init(data: CIFAR10Data) -> None:
     global _WORKER_DATA  # one copy of the data per worker process, not one per job
     _WORKER_DATA = data
@@ -471,26 +475,39 @@ def _worker_init(data: CIFAR10Data) -> None:
 _WORKER_DATA: CIFAR10Data | None = None
 
 
-def _worker_train(config: ExperimentConfig, job: tuple, run_dir: str) -> tuple[tuple, float, float]:
+def _worker_train_run(config: ExperimentConfig, job: tuple, run_dir: str) -> tuple[str, pd.DataFrame]:
     method, seed, sparsity = job
     run = train_run(
         config, _WORKER_DATA, method, seed=seed, sparsity=sparsity, run_dir=run_dir, progress=False, verbose=False
     )
-    return job, float(run.history["test_acc"].iloc[-1]), run.train_seconds
+    return _job_label(method, seed, sparsity), run.history
 
 
-def _train_in_workers(config, data, jobs, *, run_dir, verbose) -> None:
-    """Train ``jobs`` in ``config.parallel_runs`` worker processes (checkpoints land in ``run_dir``)."""
+def _worker_train_baseline(recipe: BaselineRecipe, seed: int, run_dir: str) -> tuple[str, pd.DataFrame]:
+    _, history = train_baseline(_WORKER_DATA, recipe=recipe, seed=seed, run_dir=run_dir, verbose=False)
+    return _baseline_label(seed), history
+
+
+def _train_in_workers(workers: int, data: CIFAR10Data, calls: Sequence[tuple], *, verbose: bool) -> None:
+    """Run ``calls`` (``(function, *args)``, each returning its label and history) in ``workers``
+    spawned processes holding ``data``; the runs' checkpoints are what they leave behind."""
+    if verbose:
+        print(f"training {len(calls)} runs, {workers} at a time", flush=True)
     context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
     with concurrent.futures.ProcessPoolExecutor(
-        config.parallel_runs, mp_context=context, initializer=_worker_init, initargs=(data,)
+        workers, mp_context=context, initializer=_worker_init, initargs=(data,)
     ) as pool:
-        futures = [pool.submit(_worker_train, config, job, str(run_dir)) for job in jobs]
+        futures = [pool.submit(*call) for call in calls]
         for done in concurrent.futures.as_completed(futures):
-            (method, seed, sparsity), accuracy, seconds = done.result()
+            label, history = done.result()
             if verbose:
-                label = _job_label(method, seed, sparsity)
-                print(f"{label}: test_acc={accuracy:.4f} after {seconds / 60:.1f} min", flush=True)
+                accuracy, minutes = history["test_acc"].iloc[-1], history["seconds"].sum() / 60
+                print(f"{label}: test_acc={accuracy:.4f} after {minutes:.1f} min", flush=True)
+
+
+def _in_workers(profile: ExperimentConfig | BaselineRecipe, device: str | torch.device, runs: int) -> bool:
+    """Whether ``profile``'s runs train in worker processes: CPU only, and only with work to share."""
+    return profile.parallel_runs > 1 and torch.device(device).type == "cpu" and runs > 1
 
 
 def _train_all(config, data, jobs, *, device, run_dir, progress, verbose) -> list[Run]:
@@ -499,10 +516,9 @@ def _train_all(config, data, jobs, *, device, run_dir, progress, verbose) -> lis
     With ``config.parallel_runs > 1`` on the CPU, the runs first train in worker processes
     (the same runs: ``threads_per_run`` fixes their numbers), then load here from their checkpoints.
     """
-    if config.parallel_runs > 1 and torch.device(device).type == "cpu" and len(jobs) > 1:
-        if verbose:
-            print(f"training {len(jobs)} runs, {config.parallel_runs} at a time", flush=True)
-        _train_in_workers(config, data, jobs, run_dir=run_dir, verbose=verbose)
+    if _in_workers(config, device, len(jobs)):
+        calls = [(_worker_train_run, config, job, str(run_dir)) for job in jobs]
+        _train_in_workers(config.parallel_runs, data, calls, verbose=verbose)
     runs = []
     for method, seed, sparsity in jobs:
         if verbose:
@@ -555,17 +571,19 @@ def train_baseline(
     set_seed(seed)
     model = BaselineCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    checkpoint = Path(run_dir) / f"baseline_seed{seed}_e{recipe.epochs}_b{recipe.batch_size}_n{n_train}.pt"
-    history = fit(
-        model,
-        train,
-        test,
-        epochs=recipe.epochs,
-        optimizer=optimizer,
-        device=device,
-        checkpoint=checkpoint,
-        verbose=verbose,
-    )
+    threads = f"_t{recipe.threads_per_run}" if recipe.threads_per_run else ""  # threads change CPU numbers
+    checkpoint = Path(run_dir) / f"baseline_seed{seed}_e{recipe.epochs}_b{recipe.batch_size}_n{n_train}{threads}.pt"
+    with _torch_threads(recipe.threads_per_run):
+        history = fit(
+            model,
+            train,
+            test,
+            epochs=recipe.epochs,
+            optimizer=optimizer,
+            device=device,
+            checkpoint=checkpoint,
+            verbose=verbose,
+        )
     return model, history
 
 
@@ -578,11 +596,15 @@ def train_baselines(
     verbose: bool = True,
 ) -> pd.DataFrame:
     """:func:`train_baseline` for every seed of ``recipe``: their histories in one table with a
-    ``seed`` column (notebook 01)."""
+    ``seed`` column (notebook 01). With ``recipe.parallel_runs > 1`` on the CPU the seeds first
+    train in worker processes, then load here from their checkpoints."""
+    if _in_workers(recipe, device, len(recipe.seeds)):
+        calls = [(_worker_train_baseline, recipe, seed, str(run_dir)) for seed in recipe.seeds]
+        _train_in_workers(recipe.parallel_runs, data, calls, verbose=verbose)
     frames = []
     for seed in recipe.seeds:
         if verbose:
-            print(f"== baseline, seed {seed}", flush=True)
+            print(_baseline_label(seed), flush=True)
         _, history = train_baseline(data, recipe=recipe, seed=seed, device=device, run_dir=run_dir, verbose=verbose)
         frames.append(history.assign(seed=seed))
     return pd.concat(frames, ignore_index=True)
