@@ -244,10 +244,10 @@ def test_parallel_runs_train_in_workers_exactly_the_runs_trained_here(tmp_path):
 
 
 def test_threads_per_run_is_part_of_a_run_and_parallel_runs_needs_it(tmp_path):
-    cpu = study.experiment_profile("dynamic_cnn", "cpu")
-    assert dataclasses.replace(cpu, threads_per_run=1).training_key("dsr", 0.9) != cpu.training_key("dsr", 0.9)
+    profile = study.experiment_profile("dynamic_cnn", "gpu")  # PyTorch's threads
+    assert dataclasses.replace(profile, threads_per_run=1).training_key("dsr", 0.9) != profile.training_key("dsr", 0.9)
     with pytest.raises(ValueError, match="parallel_runs=2 needs threads_per_run"):
-        dataclasses.replace(cpu, parallel_runs=2)
+        dataclasses.replace(profile, parallel_runs=2)
     torch.set_num_threads(2)
     try:
         study.train_run(_config(threads_per_run=1), synthetic_cifar(), "dense", run_dir=tmp_path, verbose=False)
