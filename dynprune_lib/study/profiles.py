@@ -199,8 +199,9 @@ class BaselineRecipe(_Profile):
 
 
 #: Notebook 01's protocol. On the 2-core reference machine two one-thread runs at a time
-#: train 1.48x faster than one two-thread run (bench_training_speed.json); on a GPU the
-#: runs train one after another (worker processes are CPU only).
+#: have 1.48x the throughput of one two-thread run (bench_training_speed.json), but of
+#: three seeds the third trains alone, so notebook 01 gains little (results/run_times.csv);
+#: on a GPU the runs train one after another (worker processes are CPU only).
 BASELINE = BaselineRecipe(threads_per_run=1, parallel_runs=2)
 
 
