@@ -374,18 +374,9 @@ def _check_finite(losses: list[torch.Tensor], epoch: int, first_step: int) -> No
         )
 
 
-#: Optimizer options that choose how, not what, it computes (left out of checkpoint fingerprints).
-_IMPLEMENTATION_FLAGS = frozenset({"foreach", "fused"})
-
-
 def _fingerprint(model, optimizer, train_loader, pruner, precision) -> dict[str, Any]:
     """What must match for a checkpoint to belong to this run (epochs may grow)."""
-    # foreach/fused pick an implementation of the same update, not a different run.
-    hyper = {
-        k: v
-        for k, v in optimizer.defaults.items()
-        if k not in _IMPLEMENTATION_FLAGS and (isinstance(v, (int, float, str, bool)) or v is None)
-    }
+    hyper = {k: v for k, v in optimizer.defaults.items() if isinstance(v, (int, float, str, bool)) or v is None}
     return {
         "model": type(model).__name__,
         "parameters": int(sum(p.numel() for p in model.parameters())),

@@ -279,6 +279,28 @@ def test_goals_table_refuses_a_benchmark_file_without_commit_and_results(tmp_pat
         analysis.goals_table(results)
 
 
+def test_time_budget_goal_sums_from_scratch_times_and_waits_for_every_training_notebook(tmp_path):
+    assert analysis.time_budget_goals(tmp_path).empty  # run_all.sh has timed nothing here
+    notebooks = ["01_baseline_cnn", "02_dynamic_cnn", "03_dynamic_mlp", "04_wide_resnet_vs_traditional"]
+    rows = [("cpu", f"{n}.ipynb", True, minutes) for n, minutes in zip(notebooks, [10.0, 80.0, 25.0, 15.0])]
+    rows += [("cpu", "03_dynamic_mlp.ipynb", False, 5.0), ("smoke", "01_baseline_cnn.ipynb", True, 0.5)]
+    times = pd.DataFrame(rows, columns=["profile", "notebook", "from_scratch", "minutes"]).assign(hardware="CPU")
+    times.to_csv(tmp_path / "run_times.csv", index=False)
+    goals = analysis.time_budget_goals(tmp_path).set_index("source")
+    cpu = goals.loc["run_all.sh, cpu profile (CPU)"]
+    assert cpu["required"] == study.TIME_BUDGETS["cpu"] and cpu["measured"] == 130.0  # the resumed row not counted
+    assert cpu["met"] == False and "not yet timed" not in cpu["goal"]  # noqa: E712
+    smoke = goals.loc["run_all.sh, smoke profile (CPU)"]
+    assert smoke["met"] is None and "not yet timed: 02, 03, 04" in smoke["goal"]
+    times[times["notebook"] != "02_dynamic_cnn.ipynb"].to_csv(tmp_path / "run_times.csv", index=False)
+    cpu = analysis.time_budget_goals(tmp_path).iloc[0]
+    assert cpu["measured"] == 50.0 and cpu["met"] is None and "not yet timed: 02)" in cpu["goal"]
+    pd.DataFrame([("cpu", f"{n}.ipynb", True, 20.0) for n in notebooks], columns=times.columns[:4]).assign(
+        hardware="CPU"
+    ).to_csv(tmp_path / "run_times.csv", index=False)
+    assert analysis.time_budget_goals(tmp_path).iloc[0]["met"] == True  # noqa: E712  (80 of 120 minutes)
+
+
 def test_tables_against_sparsity_and_training_time(tmp_path):
     results = _write_results(tmp_path)
     accuracy = analysis.accuracy_sparsity_table(results)

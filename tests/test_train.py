@@ -231,36 +231,6 @@ def test_checkpoint_of_a_pruner_with_other_hyperparameters_is_refused(tmp_path):
         run(700)
 
 
-def test_checkpoint_resumes_under_another_optimizer_implementation_not_other_hyperparameters(tmp_path):
-    """``foreach``/``fused`` choose how the same update is computed: a run resumes across them
-    (a finished one returns its history), while another learning rate is a different run."""
-
-    def run(epochs: int, **options) -> pd.DataFrame:
-        images, labels = synthetic_images(64)
-        dp.set_seed(0)
-        model = dp.BaselineCNN()
-        loader = dp.BatchLoader(images, labels, batch_size=32, shuffle=True, seed=0, normalize="unit")
-        optimizer = torch.optim.SGD(model.parameters(), **{"lr": 0.01, "momentum": 0.9, **options})
-        return dp.fit(
-            model,
-            loader,
-            loader,
-            epochs=epochs,
-            optimizer=optimizer,
-            checkpoint=tmp_path / "run.pt",
-            device="cpu",
-            progress=False,
-            verbose=False,
-        )
-
-    first = run(1, foreach=False)
-    resumed = run(2, fused=True)
-    _same_history(first, resumed.iloc[:1])
-    assert len(resumed) == 2
-    with pytest.raises(dp.CheckpointError, match="different run.*optimizer_defaults"):
-        run(3, fused=True, lr=0.02)
-
-
 def test_checkpoint_is_loadable_with_weights_only(tmp_path):
     ckpt = tmp_path / "run.pt"
     _run(epochs=1, checkpoint=ckpt, pruner_cls=CountingPruner)

@@ -106,7 +106,6 @@ def build_training(recipe: WRNRecipe, *, seed: int = 0, device: str | torch.devi
         momentum=recipe.momentum,
         nesterov=recipe.nesterov,
         weight_decay=recipe.weight_decay,
-        fused=True,  # the default SGD's update in one kernel, as experiment_optimizer
     )
     lr_scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), gamma=recipe.gamma)
     pruner = DSR(model, optimizer, seed=seed, **recipe.dsr) if recipe.sparse else None

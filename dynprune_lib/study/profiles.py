@@ -47,6 +47,7 @@ __all__ = [
     "EXPERIMENTS",
     "METHODS",
     "PROFILES",
+    "TIME_BUDGETS",
     "WRN_RECIPES",
     "BaselineRecipe",
     "ComparisonProfile",
@@ -206,6 +207,12 @@ class BaselineRecipe(_Profile):
 BASELINE = BaselineRecipe(threads_per_run=1, parallel_runs=3)
 
 
+#: Wall-time budgets, minutes, for every notebook of a profile run from scratch by
+#: ``run_all.sh`` on the 2-core reference machine (three seeds where the study needs them);
+#: :func:`~.analysis.goals_table` states them met or missed from ``results/run_times.csv``.
+TIME_BUDGETS: Mapping[str, float] = {"smoke": 5.0, "cpu": 120.0}
+
+
 # --------------------------------------------------------------------------- section 3.2: CNN and MLP
 
 #: The ways of reaching a sparsity that notebooks 02 and 03 compare (see :mod:`.experiments`).
@@ -292,6 +299,10 @@ class ExperimentConfig(_Profile):
         ``"fp32"`` in float32 throughout.
     threads_per_run: torch threads each run trains with (0: PyTorch's default for
         the process). Part of a run's key: the thread count changes a CPU run's numbers.
+    fused_sgd: PyTorch's fused SGD kernel (``torch.optim.SGD(fused=True)``): the same
+        update in one pass per parameter, about four times faster per optimizer step
+        on the reference CPU (much of an MLP step, little of a CNN step); it rounds
+        differently, so it is part of a run's key.
     parallel_runs: runs a notebook trains at once, each in its own worker process
         (CPU only; needs ``threads_per_run``). On the 2-core reference machine two
         one-thread runs train about 1.3x faster than one two-thread run
@@ -337,6 +348,7 @@ class ExperimentConfig(_Profile):
         ("onnxruntime", "sparseprop"), _tuple_of(_choice("onnxruntime", "sparseprop"))
     )
     precision: Literal["fp32", "bf16"] = knob("fp32", _choice(*PRECISIONS))
+    fused_sgd: bool = knob(False, check_bool)
     threads_per_run: int = knob(0, _int)
     parallel_runs: int = knob(1, _positive_int)
 
@@ -366,8 +378,9 @@ class ExperimentConfig(_Profile):
             "parallel_runs",
         }
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-        if not fields["threads_per_run"]:  # the default keeps the keys of runs made before the knob
-            del fields["threads_per_run"]
+        for name in ("threads_per_run", "fused_sgd"):
+            if not fields[name]:  # the default keeps the keys of runs made before the knob
+                del fields[name]
         return content_key(fields, method, sparsity, length=8)
 
 
@@ -395,6 +408,8 @@ _MLP_CPU = ExperimentConfig(
     all_seeds_at=(0.5, 0.9),
     inference_sparsities=(0.5, 0.8, 0.9, 0.95, 0.98, 0.99),
     latency_batches=(1, 64),
+    # With PyTorch's default SGD the optimizer is about a quarter of an MLP step here.
+    fused_sgd=True,
     # Two one-thread runs at a time: 1.3x the throughput of one two-thread run on the
     # 2-core reference machine (bench_training_speed.json).
     threads_per_run=1,
