@@ -293,7 +293,7 @@ def test_time_budget_goal_sums_from_scratch_times_and_waits_for_every_training_n
     smoke = goals.loc["run_all.sh, smoke profile (CPU)"]
     assert smoke["met"] is None and "not yet timed: 02, 03, 04" in smoke["goal"]
     times[times["notebook"] != "02_dynamic_cnn.ipynb"].to_csv(tmp_path / "run_times.csv", index=False)
-    cpu = analysis.time_budget_goals(tmp_path).iloc[0]
+    cpu = analysis.time_budget_goals(tmp_path).set_index("source").loc["run_all.sh, cpu profile (CPU)"]
     assert cpu["measured"] == 50.0 and cpu["met"] is None and "not yet timed: 02)" in cpu["goal"]
     pd.DataFrame([("cpu", f"{n}.ipynb", True, 20.0) for n in notebooks], columns=times.columns[:4]).assign(
         hardware="CPU"
