@@ -243,29 +243,19 @@ def test_parallel_runs_train_in_workers_exactly_the_runs_trained_here(tmp_path):
     assert torch.get_num_threads() == 1  # the one_thread fixture's setting, restored after each run
 
 
-def test_fused_sgd_trains_every_method_as_torch_default_sgd(tmp_path, monkeypatch):
-    """``fused_sgd`` against PyTorch's for-loop SGD (the oracle), through every method's pruner
-    and its edits of the momentum buffers: the same training up to rounding, and its own run key."""
-    data, config = synthetic_cifar(), _config(fused_sgd=True, parallel_runs=1)  # monkeypatch reaches no worker
+def test_fused_sgd_trains_every_method_as_torch_default_sgd(tmp_path):
+    """``fused_sgd`` against PyTorch's default (for-loop) SGD, the oracle, through every method's
+    pruner and its edits of the momentum buffers: the same training up to rounding, its own run key."""
+    data, config = synthetic_cifar(), _config(fused_sgd=True)
+    default = dataclasses.replace(config, fused_sgd=False)
     assert study.experiment_optimizer(config, nn.Linear(2, 2)).defaults["fused"]
-    assert study.experiment_optimizer(_config(), nn.Linear(2, 2)).defaults["fused"] is None  # as before the knob
-    assert config.training_key("dsr", 0.9) != _config().training_key("dsr", 0.9)
-    fused = study.run_methods(config, data, seeds=[0], run_dir=tmp_path / "fused", verbose=False)
-
-    def reference_sgd(config, model):
-        return torch.optim.SGD(
-            model.parameters(),
-            lr=config.lr,
-            momentum=config.momentum,
-            nesterov=config.nesterov,
-            weight_decay=config.weight_decay,
-            foreach=False,
-        )
-
-    monkeypatch.setattr(study.experiments, "experiment_optimizer", reference_sgd)
-    reference = study.run_methods(config, data, seeds=[0], run_dir=tmp_path / "reference", verbose=False)
+    assert study.experiment_optimizer(default, nn.Linear(2, 2)).defaults["fused"] is None  # as before the knob
+    assert config.training_key("dsr", 0.9) != default.training_key("dsr", 0.9)
+    fused = study.run_methods(config, data, seeds=[0], run_dir=tmp_path, verbose=False)
+    reference = study.run_methods(default, data, seeds=[0], run_dir=tmp_path, verbose=False)
     assert [r.method for r in fused] == [r.method for r in reference] == list(config.methods)
     for a, b in zip(fused, reference):
+        assert a.checkpoint != b.checkpoint
         cols = [c for c in a.history.columns if c != "seconds"]
         pd.testing.assert_frame_equal(a.history[cols], b.history[cols], rtol=1e-4)
         for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()):

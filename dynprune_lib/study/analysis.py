@@ -42,11 +42,11 @@ __all__ = [
     "goals_table",
     "latency_sparsity_table",
     "missed_goals_sentence",
-    "time_budget_goals",
     "mlp_claims",
     "paper_vs_ours",
     "paper_vs_ours_markdown",
     "storage_sparsity_table",
+    "time_budget_goals",
     "training_time_table",
 ]
 

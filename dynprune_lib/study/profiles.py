@@ -202,8 +202,8 @@ class BaselineRecipe(_Profile):
 #: Notebook 01's protocol. On the 2-core reference machine two one-thread runs at a time
 #: have 1.48x the throughput of one two-thread run (bench_training_speed.json); the three
 #: seeds train at once, sharing the two cores, so that no seed trains alone on one core
-#: while the other idles (with two at a time notebook 01 took 13.6 min, the third seed
-#: alone for half of it). On a GPU the runs train one after another (workers are CPU only).
+#: while the other idles (as the third did, two at a time: results/run_times.csv history).
+#: On a GPU the runs train one after another (worker processes are CPU only).
 BASELINE = BaselineRecipe(threads_per_run=1, parallel_runs=3)
 
 
