@@ -33,6 +33,7 @@ __all__ = [
     "densify",
     "erk_sparsities",
     "global_magnitude_zeros",
+    "mask_summary",
     "reset_optimizer_state",
     "sparse_modules",
     "sparsify",
@@ -139,27 +140,34 @@ class _DynamicSparseMixin:
             self._init_random_mask()
 
     # -- forward helpers ----------------------------------------------------- #
-    def _mask_like_weight(self) -> Tensor:
-        """``mask`` in the weight's dtype, cached: ``float * bool`` is many times slower
+    def _mask_like(self, weight: Tensor) -> Tensor:
+        """``mask`` in ``weight``'s dtype, cached: ``float * bool`` is many times slower
         than ``float * float`` on CPU. Refreshed whenever ``mask`` is replaced or changed
         in place (tracked by its version counter), so editing the mask stays safe."""
         mask = self.mask
-        key = (mask._version, self.weight.dtype, self.weight.device)
+        key = (mask._version, weight.dtype, weight.device)
         if self._mask_cache_src is not mask or self._mask_cache_key != key:
-            self._mask_cache = mask.to(dtype=self.weight.dtype, device=self.weight.device)
+            self._mask_cache = mask.to(dtype=weight.dtype, device=weight.device)
             self._mask_cache_src, self._mask_cache_key = mask, key
         return self._mask_cache
 
     def _masked_weight(self) -> Tensor:
         if self.mask is None:
             return self.weight
-        weight = self.weight * self._mask_like_weight()
+        weight = self.weight
+        device = weight.device.type
+        if torch.is_autocast_enabled(device) and weight.dtype == torch.float32:
+            # Under autocast the layer computes with a lower-precision copy of the weight:
+            # masking that copy gives the same values as casting the masked weight (the mask
+            # is 0 or 1) and moves half the bytes, forward and backward (much of an MLP step).
+            weight = weight.to(torch.get_autocast_dtype(device))
+        weight = weight * self._mask_like(weight)
         if self.keep_dense_grad and weight.requires_grad:
             weight.register_hook(self._store_dense_grad)
         return weight
 
     def _store_dense_grad(self, grad: Tensor) -> None:
-        grad = grad.detach()
+        grad = grad.detach().to(self.weight.dtype)  # float32 under autocast too, as weight.grad
         # A layer used twice in one forward gets the sum, like weight.grad would.
         self.dense_grad = grad.clone() if self.dense_grad is None else self.dense_grad + grad
 
@@ -543,6 +551,19 @@ def sparse_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     for name, module in model.named_modules():
         if isinstance(module, _DYNAMIC) and module.mask is not None:
             yield name, module
+
+
+@torch.no_grad()
+def mask_summary(layers: Iterable[nn.Module]) -> dict[str, float]:
+    """Fractions of zero weights (``sparsity``) and of masked positions (``mask_sparsity``) over
+    ``layers`` (sparse ``Dynamic*`` layers): the per-epoch history columns of every scheduler."""
+    layers = list(layers)
+    if not layers:
+        raise ValueError("mask_summary needs at least one sparse layer")
+    zeros = sum(int((m.weight == 0).sum().item()) for m in layers)
+    masked = sum(int((~m.mask).sum().item()) for m in layers)
+    total = sum(m.weight.numel() for m in layers)
+    return {"sparsity": zeros / total, "mask_sparsity": masked / total}
 
 
 def erk_sparsities(shapes: Iterable[Iterable[int]], sparsity: float, *, erk_power: float = 1.0) -> list[float]:

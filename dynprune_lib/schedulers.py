@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ._utils import check_choice, check_int, check_real, check_sparsity, n_zeros
-from .layers import global_magnitude_zeros, sparse_modules
+from .layers import global_magnitude_zeros, mask_summary, sparse_modules
 
 __all__ = ["DSR", "SET", "MagnitudePruning", "RigL"]
 
@@ -204,10 +204,7 @@ class _MaskScheduler:
         return pd.DataFrame(self.log, columns=_LOG_COLUMNS)
 
     def _summary(self) -> dict[str, float]:
-        zeros = sum(int((m.weight == 0).sum().item()) for m in self.layers.values())
-        masked = sum(int((~m.mask).sum().item()) for m in self.layers.values())
-        total = sum(m.weight.numel() for m in self.layers.values())
-        return {"sparsity": zeros / total, "mask_sparsity": masked / total}
+        return mask_summary(self.layers.values())
 
     # -- state ----------------------------------------------------------------- #
     def _extra_state(self) -> dict[str, Any]:

@@ -31,8 +31,10 @@ __all__ = [
     "PruningHook",
     "StepSchedule",
     "TrainingDivergedError",
+    "branch_checkpoint",
     "check_precision",
     "cpu_has_native_bf16",
+    "epoch_checkpoint",
     "evaluate",
     "fit",
     "hardware_name",
@@ -85,13 +87,25 @@ class StepSchedule:
     ``fit`` steps its ``lr_scheduler`` once per epoch; a one-cycle schedule over
     ten epochs needs per-step updates. Pass this as ``fit(pruner=...)``; it
     forwards ``epoch_end`` to the pruner (its history columns) and checkpoints both.
+    Without a pruner, ``columns()`` (if given) supplies the history columns instead,
+    e.g. :func:`~dynprune_lib.layers.mask_summary` of a dense run's layers, so that its
+    history has the columns of the pruned runs it is compared with.
     """
 
-    def __init__(self, lr_scheduler: torch.optim.lr_scheduler.LRScheduler, pruner: PruningHook | None = None) -> None:
+    def __init__(
+        self,
+        lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+        pruner: PruningHook | None = None,
+        *,
+        columns: Callable[[], Mapping[str, float]] | None = None,
+    ) -> None:
         if not isinstance(lr_scheduler, torch.optim.lr_scheduler.LRScheduler):
             raise TypeError(f"lr_scheduler must be a torch LRScheduler, got {type(lr_scheduler).__name__}")
+        if columns is not None and pruner is not None:
+            raise ValueError("columns is for a schedule without a pruner (the pruner's epoch_end gives them)")
         self.lr_scheduler = lr_scheduler
         self.pruner = pruner
+        self.columns = columns
 
     def step(self) -> None:
         if self.pruner is not None:
@@ -99,6 +113,8 @@ class StepSchedule:
         self.lr_scheduler.step()
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
+        if self.columns is not None:
+            return dict(self.columns())
         epoch_end = getattr(self.pruner, "epoch_end", None)
         return dict(epoch_end(epoch)) if callable(epoch_end) else {}
 
@@ -201,6 +217,7 @@ def fit(
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     device: str | torch.device | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    keep_epochs: Iterable[int] = (),
     progress: bool | None = None,
     verbose: bool = True,
     precision: Literal["fp32", "bf16"] = "fp32",
@@ -215,7 +232,9 @@ def fit(
     ``pruner.step()`` is called after every ``optimizer.step()``;
     ``lr_scheduler.step()`` after every epoch. With ``checkpoint`` set, state
     is saved there atomically after every epoch; if the file exists the run
-    resumes from it (a finished run returns its history without training).
+    resumes from it (a finished run returns its history without training); the
+    state after each of ``keep_epochs`` is also kept, at :func:`epoch_checkpoint`
+    (where a run that shares those epochs can start: :func:`branch_checkpoint`).
     ``train_loader`` must provide ``state_dict()``/``load_state_dict()`` for
     its shuffling generator when checkpointing (``BatchLoader`` does).
 
@@ -246,6 +265,9 @@ def fit(
                     f"checkpointing needs train_loader.{name}() to save and restore its "
                     f"shuffling state; {type(train_loader).__name__} has none"
                 )
+    keep_epochs = {check_int(e, "keep_epochs", 1) for e in keep_epochs}
+    if keep_epochs and checkpoint is None:
+        raise ValueError("keep_epochs needs a checkpoint path")
     fingerprint = _fingerprint(model, optimizer, train_loader, pruner, precision)
 
     history: list[dict[str, Any]] = []
@@ -283,9 +305,11 @@ def fit(
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
             if checkpoint is not None:
-                _save_checkpoint(
-                    checkpoint, epoch, history, fingerprint, model, optimizer, pruner, lr_scheduler, train_loader
-                )
+                kept = (epoch_checkpoint(checkpoint, epoch),) if epoch in keep_epochs else ()
+                for path in (checkpoint, *kept):
+                    _save_checkpoint(
+                        path, epoch, history, fingerprint, model, optimizer, pruner, lr_scheduler, train_loader
+                    )
             if epoch_bar is not None:
                 epoch_bar.update(1)
                 epoch_bar.set_postfix(test_acc=f"{test_acc:.4f}", loss=f"{train_loss:.4f}")
@@ -300,6 +324,48 @@ def fit(
         if epoch_bar is not None:
             epoch_bar.close()
     return _history_frame(history)
+
+
+def epoch_checkpoint(checkpoint: str | os.PathLike[str], epoch: int) -> Path:
+    """Where ``fit(checkpoint=..., keep_epochs=...)`` keeps its run's state after ``epoch``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}.epoch{check_int(epoch, 'epoch', 1)}{checkpoint.suffix}")
+
+
+def branch_checkpoint(
+    source: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_loader: Any,
+    pruner: PruningHook,
+    pruner_state: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+    precision: Literal["fp32", "bf16"] = "fp32",
+) -> int:
+    """Start a run from ``source``, the checkpoint of a run that trained the same way up to its
+    epoch but with another pruner, one that had not acted yet (one-shot pruning late in training
+    is a branch of the dense run: both train the same first epochs, bit for bit).
+
+    Writes ``source``'s weights, optimizer, schedule, data order, RNG and history as ``checkpoint``,
+    the checkpoint of the run ``fit`` trains with these arguments, with ``pruner_state(state)``
+    (``state``: ``source``'s pruner state) as this run's pruner state; ``fit(checkpoint=checkpoint)``
+    then continues from there. Returns the epoch it continues after. Raises ``CheckpointError``
+    when ``source`` differs from this run in anything but the pruner, and ``ValueError`` when
+    ``pruner`` rejects the state (it is loaded into ``pruner``).
+    """
+    state = load_checkpoint(source)
+    fingerprint = _fingerprint(model, optimizer, train_loader, pruner, precision)
+    saved = {"precision": "fp32", **state["fingerprint"]}
+    diff = {k: (saved.get(k), v) for k, v in fingerprint.items() if k not in _PRUNER_KEYS and saved.get(k) != v}
+    if diff:
+        details = "; ".join(f"{k}: source {a!r} vs this run {b!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(f"checkpoint {source} is not of a run this one branches from ({details})")
+    state["pruner"] = pruner_state(state["pruner"])
+    pruner.load_state_dict(state["pruner"])
+    state["fingerprint"] = fingerprint
+    atomic_write(Path(checkpoint), lambda handle: torch.save(state, handle))
+    return int(state["epoch"])
 
 
 def check_precision(precision: str, device: str | torch.device | None = None) -> None:
@@ -372,6 +438,9 @@ def _check_finite(losses: list[torch.Tensor], epoch: int, first_step: int) -> No
             f"training diverged: loss is {losses[bad].item()} at epoch {epoch}, step {first_step + bad}; "
             "lower the learning rate or check the data"
         )
+
+
+_PRUNER_KEYS = ("pruner", "pruner_hparams")  # the fingerprint's keys a branch may change
 
 
 def _fingerprint(model, optimizer, train_loader, pruner, precision) -> dict[str, Any]:

@@ -185,6 +185,49 @@ def test_every_method_trains_reaches_its_sparsity_and_resumes(tmp_path, method):
     assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), run.model.state_dict().values()))
 
 
+def test_oneshot_branches_from_the_dense_run_and_ends_as_the_run_trained_alone(tmp_path, capsys):
+    """Until its prune, one-shot pruning is the dense run: started from the dense run's state
+    after the shared epochs, it ends bit for bit as the one-shot run trained from scratch (the
+    oracle), its pruner included; a state of another run is refused."""
+    data, config = synthetic_cifar(), _config(epochs=3)
+    assert study.shared_epochs(config, 4) == 2  # the prune follows step round(0.8 * 12) = 10, in epoch 3
+    alone = study.train_run(config, data, "magnitude_oneshot", run_dir=tmp_path / "alone", verbose=False)
+    dense = study.train_run(config, data, "dense", run_dir=tmp_path / "branch", verbose=False)
+    assert dp.train.epoch_checkpoint(dense.checkpoint, 2).exists()
+    capsys.readouterr()
+    branched = study.train_run(config, data, "magnitude_oneshot", run_dir=tmp_path / "branch", verbose=True)
+    assert "starting from its state after them" in capsys.readouterr().out
+    cols = [c for c in alone.history.columns if c != "seconds"]
+    assert {"sparsity", "mask_sparsity"} <= set(cols) and set(dense.history.columns) == set(alone.history.columns)
+    pd.testing.assert_frame_equal(branched.history[cols], alone.history[cols], check_exact=True)
+    pd.testing.assert_frame_equal(dense.history[cols].iloc[:2], alone.history[cols].iloc[:2], check_exact=True)
+    assert branched.history["seconds"].iloc[:2].tolist() == dense.history["seconds"].iloc[:2].tolist()
+    pd.testing.assert_frame_equal(branched.log, alone.log, check_exact=True)
+    for x, y in zip(branched.model.state_dict().values(), alone.model.state_dict().values()):
+        assert torch.equal(x, y)
+    # Without the dense run's state the one-shot run trains the shared epochs itself.
+    (tmp_path / "alone" / branched.checkpoint.name).unlink()
+    study.train_run(config, data, "magnitude_oneshot", run_dir=tmp_path / "alone", verbose=True)
+    assert "none saved, training them" in capsys.readouterr().out
+    # Another network's state is not a branch point.
+    wider = dataclasses.replace(config, widths=(8, 16, 32, 64, 256))
+    model = study.build_model(wider)
+    optimizer = study.experiment_optimizer(wider, model)
+    loader = study.experiment_loaders(wider, data)[0]
+    lr = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+    with pytest.raises(dp.CheckpointError, match="parameters"):
+        dp.train.branch_checkpoint(
+            dp.train.epoch_checkpoint(dense.checkpoint, 2),
+            tmp_path / "x.pt",
+            model=model,
+            optimizer=optimizer,
+            train_loader=loader,
+            pruner=dp.StepSchedule(lr),
+            pruner_state=lambda state: state,
+        )
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_dsr_schedule_derived_from_the_reference_gives_the_reference_back_on_its_own_protocol():
     """On WRN-28-2 for 200 epochs of 500 steps the derivation returns the reference's own settings
     (--n-prune-params 20000, wrnet_schedule.yaml's periods, --stop-rewire-epoch 190); on the cpu

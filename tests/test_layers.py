@@ -283,6 +283,31 @@ def test_dense_grad_only_when_asked_and_equal_to_oracle():
         layer(x)  # no graph: nothing to hook, no error
 
 
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_autocast_computes_exactly_as_autocast_of_the_masked_weight(kind):
+    """Under bfloat16 autocast the layer masks its bfloat16 copy of the weight: outputs, weight
+    gradients and dense gradients equal (bit for bit) those of autocast applied to the float32
+    masked weight (the oracle), and the gradients stay float32."""
+    if kind == "linear":
+        layer, x, op = DynamicLinear(48, 16, 0.7), torch.randn(8, 48), F.linear
+    else:
+        layer, x, op = DynamicConv2d(3, 8, 3, initial_sparsity=0.7), torch.randn(4, 3, 9, 9), F.conv2d
+    with torch.no_grad():  # masked weights that are not zero: the mask alone must zero them
+        layer.weight.add_(0.5 * (~layer.mask))
+    layer.keep_dense_grad = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    out.float().square().sum().backward()
+    w_eff = (layer.weight.detach() * layer.mask).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = op(x, w_eff, layer.bias.detach())
+    expected.float().square().sum().backward()
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+    assert layer.dense_grad.dtype == layer.weight.grad.dtype == torch.float32
+    assert torch.equal(layer.dense_grad, w_eff.grad)
+    assert torch.equal(layer.weight.grad, w_eff.grad * layer.mask)
+
+
 # --------------------------------------------------------------------------- #
 # serialisation
 # --------------------------------------------------------------------------- #

@@ -47,10 +47,10 @@ from torch import nn
 
 from .._utils import random_mask
 from ..data import BatchLoader, CIFAR10Data, make_loaders
-from ..layers import erk_sparsities, sparse_modules
+from ..layers import erk_sparsities, mask_summary, sparse_modules
 from ..models import MLP, BaselineCNN, DynamicCNN, WideResNet
 from ..schedulers import DSR, SET, MagnitudePruning, RigL
-from ..train import StepSchedule, fit, set_seed
+from ..train import StepSchedule, branch_checkpoint, epoch_checkpoint, fit, set_seed
 from .efficiency import inference_sparsity_sweep, latency_table, sparsity_summary, storage_table
 from .paper import PAPER, run_conditions, split_seeds
 from .profiles import BASELINE, DSR_REFERENCE, METHODS, WRN_RECIPES, BaselineRecipe, ExperimentConfig
@@ -76,6 +76,7 @@ __all__ = [
     "run_methods",
     "run_storage",
     "run_table",
+    "shared_epochs",
     "sparse_layer_target",
     "sparsity_claim_table",
     "sparsity_sweep",
@@ -264,9 +265,13 @@ def _build_pruner(
             model, optimizer, period=config.regrow_period, end_step=end, seed=seed, **{key: config.regrow_fraction}
         )
     if method == "magnitude_oneshot":
-        begin = max(1, round(config.oneshot_at * total_steps))
         return MagnitudePruning(
-            model, optimizer, sparsity=layer_sparsity, scope=config.magnitude_scope, begin=begin, unit="step"
+            model,
+            optimizer,
+            sparsity=layer_sparsity,
+            scope=config.magnitude_scope,
+            begin=_oneshot_step(config, total_steps),
+            unit="step",
         )
     if method == "magnitude_gradual":
         every = config.gradual_every
@@ -289,6 +294,41 @@ def _build_pruner(
             unit="step",
         )
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def _oneshot_step(config: ExperimentConfig, total_steps: int) -> int:
+    """The optimizer step after which ``magnitude_oneshot`` prunes."""
+    return max(1, round(config.oneshot_at * total_steps))
+
+
+def shared_epochs(config: ExperimentConfig, steps_per_epoch: int) -> int:
+    """Epochs a ``magnitude_oneshot`` run of ``config`` shares with the dense run of its seed.
+
+    Until its prune, one-shot pruning *is* the dense run: the same weights, masks of ones,
+    data order, optimizer and schedule, and a pruner that only counts steps, so every epoch
+    that ends before the prune is the dense run's, bit for bit. :func:`train_run` starts
+    the one-shot run from the dense run's state after them instead of training them again.
+    """
+    return (_oneshot_step(config, config.epochs * steps_per_epoch) - 1) // steps_per_epoch
+
+
+def _advanced(state: Mapping[str, Any], *, pruner: MagnitudePruning, steps: int, epoch: int) -> dict[str, Any]:
+    """The dense run's schedule state with ``pruner`` added as it is after ``steps`` steps
+    and ``epoch`` epochs, none of which prune (:func:`shared_epochs`)."""
+    if state.get("pruner") is not None:
+        raise ValueError("the run to branch from has a pruner; only the dense run's epochs are shared")
+    if pruner.begin <= steps:
+        raise ValueError(f"the pruner acts at step {pruner.begin}, inside the {steps} shared steps")
+    return {**state, "pruner": {**pruner.state_dict(), "step_count": steps, "epoch": epoch}}
+
+
+def _checkpoint_path(
+    config: ExperimentConfig, method: str, sparsity: float | None, seed: int, n_train: int, run_dir: Path
+) -> Path:
+    """``run_dir/<model>_<method>_s<sparsity>_seed<seed>_e<epochs>_n<images>_<key>.pt``."""
+    tag = "dense" if sparsity is None else f"s{sparsity:g}"
+    key = config.training_key(method, sparsity)
+    return run_dir / f"{config.model}_{method}_{tag}_seed{seed}_e{config.epochs}_n{n_train}_{key}.pt"
 
 
 # --------------------------------------------------------------------------- runs
@@ -338,6 +378,10 @@ def train_run(
     ``run_dir/<model>_<method>_s<sparsity>_seed<seed>_e<epochs>_n<images>_<key>.pt``
     names the configuration (``key`` hashes the training settings), so a changed
     setting never resumes a stale run.
+
+    A dense run keeps its state after the epochs one-shot pruning shares with it
+    (:func:`shared_epochs`); a ``magnitude_oneshot`` run starts from there when that state
+    exists (it trains those epochs itself otherwise, to the same numbers).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -348,11 +392,7 @@ def train_run(
     else:
         sparsity = config.sparsity if sparsity is None else float(sparsity)
     n_train = len(data.train_labels)
-    tag = "dense" if sparsity is None else f"s{sparsity:g}"
-    checkpoint = Path(run_dir) / (
-        f"{config.model}_{method}_{tag}_seed{seed}_e{config.epochs}_n{n_train}_"
-        f"{config.training_key(method, sparsity)}.pt"
-    )
+    checkpoint = _checkpoint_path(config, method, sparsity, seed, n_train, Path(run_dir))
     train_loader, test_loader = experiment_loaders(config, data, seed=seed, device=device)
     set_seed(seed)
     model = build_model(config)
@@ -376,6 +416,33 @@ def train_run(
         cycle_momentum=False,
     )
     pruner = _build_pruner(config, method, model, optimizer, target, total_steps, seed)
+    if pruner is None:  # the dense run's history gets the columns of the pruned runs' histories
+        layers = [layer for _, layer in sparse_modules(model)]
+        schedule = StepSchedule(lr_scheduler, columns=functools.partial(mask_summary, layers))
+    else:
+        schedule = StepSchedule(lr_scheduler, pruner)
+    shared = shared_epochs(config, len(train_loader))
+    if method == "magnitude_oneshot" and shared and not checkpoint.exists():
+        dense = epoch_checkpoint(_checkpoint_path(config, "dense", None, seed, n_train, Path(run_dir)), shared)
+        if dense.exists():
+            branch_checkpoint(
+                dense,
+                checkpoint,
+                model=model,
+                optimizer=optimizer,
+                train_loader=train_loader,
+                pruner=schedule,
+                pruner_state=functools.partial(
+                    _advanced, pruner=pruner, steps=shared * len(train_loader), epoch=shared
+                ),
+                precision=config.precision,
+            )
+        if verbose:
+            print(
+                f"one-shot pruning shares its first {shared} epochs with the dense run: "
+                + ("starting from its state after them" if dense.exists() else "none saved, training them"),
+                flush=True,
+            )
     with _torch_threads(config.threads_per_run):
         history = fit(
             model,
@@ -383,9 +450,10 @@ def train_run(
             test_loader,
             epochs=config.epochs,
             optimizer=optimizer,
-            pruner=StepSchedule(lr_scheduler, pruner),
+            pruner=schedule,
             device=device,
             checkpoint=checkpoint,
+            keep_epochs=(shared,) if method == "dense" and shared else (),
             progress=progress,
             verbose=verbose,
             precision=config.precision,
