@@ -153,6 +153,9 @@ def test_step_schedule_steps_one_cycle_per_step_and_resumes():
     assert got == pytest.approx(expected, rel=1e-12)
     assert hook.pruner.steps == 20 and hook.epoch_end(0) == {"sparsity": 0.5}
     assert dp.StepSchedule(sched).epoch_end(0) == {}
+    assert dp.StepSchedule(sched, columns=lambda: {"sparsity": 0.0}).epoch_end(0) == {"sparsity": 0.0}
+    with pytest.raises(ValueError, match="columns"):
+        dp.StepSchedule(sched, Pruner(), columns=lambda: {})
     with pytest.raises(ValueError, match="pruner"):
         dp.StepSchedule(sched).load_state_dict(state)
     with pytest.raises(TypeError, match="lr_scheduler"):
@@ -284,6 +287,22 @@ def test_parallel_runs_train_in_workers_exactly_the_runs_trained_here(tmp_path):
         pd.testing.assert_frame_equal(a.history[cols], b.history[cols], check_exact=True)
         assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
     assert torch.get_num_threads() == 1  # the one_thread fixture's setting, restored after each run
+
+
+def test_workers_get_the_one_shot_runs_last(tmp_path, monkeypatch):
+    """Workers train the one-shot runs after every other run: their dense runs are done by then
+    (they start from them), and the short runs fill the end instead of a long one alone."""
+    from dynprune_lib.study import experiments
+
+    submitted = []
+    monkeypatch.setattr(
+        experiments, "_train_in_workers", lambda workers, data, calls, verbose: submitted.extend(c[2] for c in calls)
+    )
+    config = _config(threads_per_run=1, parallel_runs=2)
+    methods = ["magnitude_oneshot", "dense", "dsr"]
+    runs = study.run_methods(config, synthetic_cifar(), methods=methods, seeds=[0, 1], run_dir=tmp_path, verbose=False)
+    assert [job[0] for job in submitted] == ["dense", "dense", "dsr", "dsr", "magnitude_oneshot", "magnitude_oneshot"]
+    assert [(r.method, r.seed) for r in runs] == [(m, s) for m in methods for s in (0, 1)]  # returned as asked
 
 
 def test_fused_sgd_trains_every_method_as_torch_default_sgd(tmp_path):

@@ -27,6 +27,7 @@ def _run(
     pruner_cls=None,
     n: int = 192,
     precision: str = "fp32",
+    keep_epochs=(),
 ):
     images, labels = synthetic_images(n)
     dp.set_seed(seed)
@@ -45,6 +46,7 @@ def _run(
         pruner=pruner,
         device="cpu",
         checkpoint=checkpoint,
+        keep_epochs=keep_epochs,
         progress=False,
         verbose=False,
         precision=precision,
@@ -157,6 +159,23 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     _same_weights(ref_model, model)
     assert pruner.steps == ref_pruner.steps == 3 * 6
     assert "sparsity" in resumed.columns
+
+
+def test_kept_epoch_resumes_to_the_uninterrupted_result(tmp_path):
+    """``keep_epochs`` keeps the state after an epoch beside the checkpoint: a run started
+    from it ends as the run that never stopped (the oracle)."""
+    reference, ref_model, _ = _run(
+        epochs=3, checkpoint=tmp_path / "run.pt", keep_epochs=(2,), pruner_cls=CountingPruner
+    )
+    kept = dp.train.epoch_checkpoint(tmp_path / "run.pt", 2)
+    assert kept.name == "run.epoch2.pt" and dp.load_checkpoint(kept)["epoch"] == 2
+    assert dp.load_checkpoint(tmp_path / "run.pt")["epoch"] == 3
+    resumed, model, pruner = _run(epochs=3, checkpoint=kept, pruner_cls=CountingPruner)
+    _same_history(reference, resumed)
+    _same_weights(ref_model, model)
+    assert pruner.steps == 3 * 6  # the kept state's 12 steps restored, then the third epoch's
+    with pytest.raises(ValueError, match="keep_epochs needs a checkpoint"):
+        _run(epochs=1, keep_epochs=(1,))
 
 
 def test_finished_run_is_not_retrained(tmp_path, monkeypatch):

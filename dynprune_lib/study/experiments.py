@@ -587,7 +587,10 @@ def _train_all(config, data, jobs, *, device, run_dir, progress, verbose) -> lis
     (the same runs: ``threads_per_run`` fixes their numbers), then load here from their checkpoints.
     """
     if _in_workers(config, device, len(jobs)):
-        calls = [(_worker_train_run, config, job, str(run_dir)) for job in jobs]
+        # One-shot runs last: they start from their dense runs (done by then) and, short,
+        # fill the end, where a long run would train alone while the other workers idle.
+        ordered = sorted(jobs, key=lambda job: job[0] == "magnitude_oneshot")
+        calls = [(_worker_train_run, config, job, str(run_dir)) for job in ordered]
         _train_in_workers(config.parallel_runs, data, calls, verbose=verbose)
     runs = []
     for method, seed, sparsity in jobs:
