@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _small_conv
 from ._utils import check_bool, check_choice, check_int, check_sparsity, n_zeros, random_mask, replace_module
 
 __all__ = [
@@ -422,7 +423,10 @@ class DynamicConv2d(_DynamicSparseMixin, nn.Conv2d):
 
     Arguments as ``nn.Conv2d`` plus ``initial_sparsity`` and ``sparse`` (see
     :class:`DynamicLinear`). The mask is per weight (the reference's default
-    ``sub_kernel_granularity=4``).
+    ``sub_kernel_granularity=4``). On the CPU, a stride-1 "same" convolution of an
+    input with fewer pixels than the kernel has taps (DynamicCNN's 2x2 last stage)
+    is computed as one matrix product (:mod:`dynprune_lib._small_conv`): the same
+    values up to rounding, about twice as fast there.
     """
 
     def __init__(
@@ -462,6 +466,8 @@ class DynamicConv2d(_DynamicSparseMixin, nn.Conv2d):
         self._init_sparse_state(initial_sparsity, sparse)
 
     def forward(self, input: Tensor) -> Tensor:
+        if _small_conv.applies(self, input):  # an input smaller than the kernel: one matrix product
+            return _small_conv.conv2d(input, self._masked_weight(), self.bias)
         return self._conv_forward(input, self._masked_weight(), self.bias)
 
     def extra_repr(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._utils import check_int
+from ._utils import check_bool, check_int
 from .layers import DynamicConv2d, DynamicLinear
 
 __all__ = ["BaselineCNN", "DynamicCNN", "MLP", "WideResNet"]
@@ -18,10 +18,16 @@ class BaselineCNN(nn.Module):
     Flatten - Dense(64) - Dense(num_classes), ReLU after every hidden layer,
     valid (unpadded) convolutions as in Keras: 122,570 parameters for 10 classes.
     The softmax of the Keras model lives in the loss (``nn.CrossEntropyLoss``).
+
+    ``channels_last``: the input is converted to ``torch.channels_last`` (Keras's
+    own default layout), where oneDNN's convolutions and PyTorch's max pooling
+    run faster on the CPU than in the default NCHW. The same function; the
+    convolutions round differently.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, *, channels_last: bool = False) -> None:
         super().__init__()
+        self.channels_last = check_bool(channels_last, "channels_last")
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 32, kernel_size=3),
             nn.ReLU(inplace=True),
@@ -49,6 +55,8 @@ class BaselineCNN(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.classifier(self.features(x))
 
 

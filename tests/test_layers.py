@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import prune
 
+from dynprune_lib import _small_conv
 from dynprune_lib.layers import (
     DynamicConv2d,
     DynamicLinear,
@@ -306,6 +307,83 @@ def test_autocast_computes_exactly_as_autocast_of_the_masked_weight(kind):
     assert layer.dense_grad.dtype == layer.weight.grad.dtype == torch.float32
     assert torch.equal(layer.dense_grad, w_eff.grad)
     assert torch.equal(layer.weight.grad, w_eff.grad * layer.mask)
+
+
+# --------------------------------------------------------------------------- #
+# inputs smaller than the kernel (one matrix product, dynprune_lib._small_conv)
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize(
+    ("kernel", "size"), [(3, (2, 2)), (3, (1, 1)), (3, (1, 3)), (3, (2, 4)), (5, (2, 2)), (5, (4, 4)), ((3, 5), (2, 3))]
+)
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_small_input_convolution_equals_conv2d(kernel, size, channels_last):
+    """In float64 (rounding out of the way) the matrix-product path gives F.conv2d's output and
+    gradients (input, weight, bias, dense gradient), in the input's memory format."""
+    ks = (kernel, kernel) if isinstance(kernel, int) else kernel
+    layer = DynamicConv2d(6, 5, ks, padding=(ks[0] // 2, ks[1] // 2), initial_sparsity=0.5).double()
+    layer.keep_dense_grad = True
+    x = torch.randn(3, 6, *size, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    assert _small_conv.applies(layer, x)
+    out = layer(x)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    x_ref = x.detach().clone().requires_grad_()
+    w_eff = (layer.weight.detach() * layer.mask).requires_grad_()
+    bias = layer.bias.detach().clone().requires_grad_()
+    expected = F.conv2d(x_ref, w_eff, bias, padding=layer.padding)
+    expected.backward(grad)
+    torch.testing.assert_close(out, expected)
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(layer.dense_grad, w_eff.grad)
+    torch.testing.assert_close(layer.weight.grad, w_eff.grad * layer.mask)
+    torch.testing.assert_close(layer.bias.grad, bias.grad)
+
+
+def test_small_input_convolution_under_autocast_matches_conv2d_to_bfloat16_rounding():
+    """Under bfloat16 autocast the path computes in bfloat16 as F.conv2d does there: bfloat16
+    output, float32 gradients, both within bfloat16 rounding of the float64 oracle."""
+    layer = DynamicConv2d(64, 32, 3, padding=1, bias=False, initial_sparsity=0.8)
+    x = torch.randn(16, 64, 2, 2).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    grad = torch.randn(out.shape)
+    out.float().backward(grad)
+    x64 = x.detach().double().requires_grad_()
+    w64 = (layer.weight.detach() * layer.mask).double().requires_grad_()
+    expected = F.conv2d(x64, w64, padding=1)
+    expected.backward(grad.double())
+    assert out.dtype == torch.bfloat16 and layer.weight.grad.dtype == torch.float32
+    for got, want in ((out, expected), (layer.weight.grad, w64.grad * layer.mask), (x.grad, x64.grad)):
+        torch.testing.assert_close(got.double(), want, atol=2e-2 * want.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "size"),
+    [
+        ({}, (3, 3)),  # as many pixels as taps: the convolution is cheaper
+        ({"stride": 2}, (2, 2)),
+        ({"dilation": 2, "padding": 2}, (2, 2)),
+        ({"groups": 2}, (2, 2)),
+        ({"padding": 0}, (2, 2)),
+        ({"padding_mode": "reflect"}, (2, 2)),
+    ],
+)
+def test_small_input_path_only_where_it_computes_the_same_convolution(kwargs, size):
+    layer = DynamicConv2d(4, 4, 3, **{"padding": 1, **kwargs})
+    x = torch.randn(2, 4, *size)
+    assert not _small_conv.applies(layer, x)
+    assert _small_conv.applies(DynamicConv2d(4, 4, 3, padding=1), torch.randn(2, 4, 2, 2))
+    assert not _small_conv.applies(DynamicConv2d(4, 4, 3, padding=1), torch.randn(4, 2, 2))  # unbatched
+
+
+def test_small_input_path_mismatched_dtypes_raise_as_conv2d():
+    layer = DynamicConv2d(4, 4, 3, padding=1)
+    with pytest.raises(RuntimeError, match="should be the same"):
+        layer(torch.randn(2, 4, 2, 2, dtype=torch.float64))
 
 
 # --------------------------------------------------------------------------- #

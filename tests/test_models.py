@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dynprune_lib import MLP, DynamicCNN, DynamicConv2d, DynamicLinear, WideResNet
+from dynprune_lib import MLP, BaselineCNN, DynamicCNN, DynamicConv2d, DynamicLinear, WideResNet
 from dynprune_lib.models import _WideBasic
 
 
@@ -70,3 +70,22 @@ def test_mlp_and_dynamic_cnn():
     assert len(sparse) == 5 and all(abs(m.mask_sparsity - 0.95) < 0.01 for m in sparse)
     assert type(cnn.features[0]) is nn.Conv2d and type(cnn.classifier[-1]) is nn.Linear
     assert cnn.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_baseline_cnn_channels_last_computes_the_same_function():
+    """The channels-last layout changes how the network computes, not what: the same weights give
+    the NCHW network's logits and gradients (up to float32 rounding) and the same parameters."""
+    torch.manual_seed(0)
+    nchw = BaselineCNN()
+    nhwc = BaselineCNN(channels_last=True)
+    nhwc.load_state_dict(nchw.state_dict())
+    x = torch.rand(4, 3, 32, 32)
+    out, out_cl = nchw(x), nhwc(x)
+    torch.testing.assert_close(out_cl, out)
+    out.square().sum().backward()
+    out_cl.square().sum().backward()
+    for (name, p), p_cl in zip(nchw.named_parameters(), nhwc.parameters()):
+        torch.testing.assert_close(p_cl.grad, p.grad, msg=name)
+    assert sum(p.numel() for p in nhwc.parameters()) == 122_570
+    with pytest.raises(TypeError, match="channels_last"):
+        BaselineCNN(channels_last="yes")

@@ -642,10 +642,13 @@ def train_baseline(
     )
     test = BatchLoader(data.test_images, data.test_labels, recipe.eval_batch_size, normalize="unit", device=device)
     set_seed(seed)
-    model = BaselineCNN()
+    model = BaselineCNN(channels_last=recipe.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     threads = f"_t{recipe.threads_per_run}" if recipe.threads_per_run else ""  # threads change CPU numbers
-    checkpoint = Path(run_dir) / f"baseline_seed{seed}_e{recipe.epochs}_b{recipe.batch_size}_n{n_train}{threads}.pt"
+    layout = "_cl" if recipe.channels_last else ""  # and so does the layout
+    checkpoint = (
+        Path(run_dir) / f"baseline_seed{seed}_e{recipe.epochs}_b{recipe.batch_size}_n{n_train}{threads}{layout}.pt"
+    )
     with _torch_threads(recipe.threads_per_run):
         history = fit(
             model,
