@@ -16,6 +16,10 @@ and the per-epoch test evaluation (10,000 images, float32 as ``fit`` does,
 and under bfloat16 autocast). Speed-ups are against ``eager``. Goal: one of
 them trains at least 1.5x faster than eager, what three seeds in the issue's
 two hours need on the 2-core reference machine (about three hours measured).
+
+``choices``: what each speed choice of the profiles buys, at one thread as the
+notebooks train: a step as trained against a step with one choice undone
+(``VARIANTS``), the two alternated in fresh processes, median of ``--repeats``.
 Writes ``results/bench_training_speed.json``.
 
     python bench/bench_training_speed.py [--steps 40] [--networks cnn mlp]
@@ -39,31 +43,48 @@ NETWORKS = {
     "wrn": "WRN-10-2 (notebook 04, cpu recipe)",
 }
 GOAL_SPEEDUP = 1.5
+#: Per network, each speed choice its profile makes, undone: name -> what the step does instead.
+VARIANTS = {
+    "baseline": {"nchw": "NCHW instead of channels-last (BASELINE.channels_last)"},
+    "cnn": {
+        "conv2d_small_input": "F.conv2d for the 2x2 last stage instead of one matrix product (_small_conv)",
+        "default_sgd": "PyTorch's default SGD instead of the fused kernel (fused_sgd)",
+    },
+    "mlp": {"default_sgd": "PyTorch's default SGD instead of the fused kernel (fused_sgd)"},
+}
 
 
-def _setup(network: str):
-    """(model, optimizer, batch size, precision) as the notebook trains ``network``."""
+def _setup(network: str, variant: str = ""):
+    """(model, optimizer, batch size, precision) as the notebook trains ``network``, or with
+    ``variant`` (a key of ``VARIANTS[network]``) undone."""
     import dynprune_lib as dp
-    from dynprune_lib import study
+    from dynprune_lib import _small_conv, study
 
     dp.set_seed(0)
     if network == "baseline":
-        model = dp.BaselineCNN()
+        model = dp.BaselineCNN(channels_last=study.BASELINE.channels_last and variant != "nchw")
         return model, torch.optim.Adam(model.parameters(), lr=study.BASELINE.lr), study.BASELINE.batch_size, "fp32"
     if network == "wrn":
         recipe = study.wrn_recipe("wrn-10-2-cpu")
         setup = study.build_training(recipe)
         return setup.model, setup.optimizer, recipe.batch_size, recipe.precision
     config = study.experiment_profile("dynamic_cnn" if network == "cnn" else "dynamic_mlp", "cpu")
+    if variant == "default_sgd":
+        config = config.replace(fused_sgd=False)
+    if variant == "conv2d_small_input":
+        _small_conv.applies = lambda layer, input: False  # this worker process only
     model = study.build_model(config)
     optimizer = study.experiment_optimizer(config, model)
     return model, optimizer, config.batch_size, config.precision
 
 
 def worker(network: str, mode: str, threads: int, steps: int) -> dict:
-    """Time ``steps`` training steps (after warm-up) of ``network``; runs in its own process."""
+    """Time ``steps`` training steps (after warm-up) of ``network``; runs in its own process.
+    ``mode`` ``"variant:<name>"`` times the step with that choice undone."""
     torch.set_num_threads(threads)
-    model, optimizer, batch, precision = _setup(network)
+    model, optimizer, batch, precision = _setup(
+        network, mode.removeprefix("variant:") if mode.startswith("variant:") else ""
+    )
     forward = torch.compile(model) if mode == "compiled" else model
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)
@@ -121,9 +142,10 @@ def main() -> None:
     parser = bench_parser(NAME, __doc__)
     parser.add_argument("--steps", type=int, default=40, help="timed steps per network and way")
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
+    parser.add_argument("--repeats", type=int, default=3, help="alternated runs of each choice and its undoing")
     args = parser.parse_args()
     threads = torch.get_num_threads()
-    rows, goals = [], []
+    rows, goals, choices = [], [], []
     for network in args.networks:
         (eager,) = _collect(_spawn(network, "eager", threads, args.steps))
         pair = _collect(*(_spawn(network, "two_processes", 1, args.steps) for _ in range(2)))
@@ -160,7 +182,30 @@ def main() -> None:
             f"fp32, {row['eval_10k_bf16_s']:.2f} s bf16",
             flush=True,
         )
-    write_result(args, NAME, __doc__, {"goals": goals, "networks": rows})
+        for variant, undone in VARIANTS.get(network, {}).items():
+            times: dict[str, list[float]] = {"as_trained": [], "undone": []}
+            for _ in range(args.repeats):
+                for way, mode in (("as_trained", "eager"), ("undone", f"variant:{variant}")):
+                    (result,) = _collect(_spawn(network, mode, 1, args.steps))
+                    times[way].append(result["ms_per_step"])
+            trained, without = statistics.median(times["as_trained"]), statistics.median(times["undone"])
+            choices.append(
+                {
+                    "network": NETWORKS[network],
+                    "choice_undone": variant,
+                    "undone_means": undone,
+                    "threads": 1,
+                    "ms_per_step_as_trained": times["as_trained"],
+                    "ms_per_step_undone": times["undone"],
+                    "speedup_of_the_choice": without / trained,
+                }
+            )
+            print(
+                f"{NETWORKS[network]}: {undone}: {without:.1f} ms/step, as trained {trained:.1f} ms/step "
+                f"({without / trained:.2f}x)",
+                flush=True,
+            )
+    write_result(args, NAME, __doc__, {"goals": goals, "networks": rows, "choices": choices})
 
 
 if __name__ == "__main__":

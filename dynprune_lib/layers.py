@@ -466,9 +466,10 @@ class DynamicConv2d(_DynamicSparseMixin, nn.Conv2d):
         self._init_sparse_state(initial_sparsity, sparse)
 
     def forward(self, input: Tensor) -> Tensor:
+        weight = self._masked_weight()
         if _small_conv.applies(self, input):  # an input smaller than the kernel: one matrix product
-            return _small_conv.conv2d(input, self._masked_weight(), self.bias)
-        return self._conv_forward(input, self._masked_weight(), self.bias)
+            return _small_conv.conv2d(input, weight, self.bias)
+        return self._conv_forward(input, weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._sparse_repr()}"
