@@ -203,12 +203,13 @@ class BaselineRecipe(_Profile):
 
 
 #: Notebook 01's protocol. On the 2-core reference machine two one-thread runs at a time
-#: have 1.48x the throughput of one two-thread run (bench_training_speed.json); the three
+#: have about 1.4x the throughput of one two-thread run (bench_training_speed.json); the three
 #: seeds train at once, sharing the two cores, so that no seed trains alone on one core
 #: while the other idles (as the third did, two at a time: results/run_times.csv history).
 #: On a GPU the runs train one after another (worker processes are CPU only). The test
 #: pass takes 128 images a batch: at one thread 1.8x the speed of 1000, the same logits.
-#: Channels-last (Keras's layout): a training step about 1.4x the speed of NCHW at one thread.
+#: Channels-last (Keras's layout): a training step about 1.4x the speed of NCHW at one thread
+#: (bench_training_speed.json, ``choices``).
 BASELINE = BaselineRecipe(threads_per_run=1, parallel_runs=3, eval_batch_size=128, channels_last=True)
 
 
@@ -306,12 +307,12 @@ class ExperimentConfig(_Profile):
         the process). Part of a run's key: the thread count changes a CPU run's numbers.
     fused_sgd: PyTorch's fused SGD kernel (``torch.optim.SGD(fused=True)``): the same
         update in one pass per parameter, about four times faster per optimizer step
-        on the reference CPU (a quarter of an MLP step, about 5 % of a CNN step); it rounds
+        on the reference CPU (about a third of an MLP step, about 1 % of a CNN step); it rounds
         differently, so it is part of a run's key.
     parallel_runs: runs a notebook trains at once, each in its own worker process
         (CPU only; needs ``threads_per_run``). On the 2-core reference machine two
-        one-thread runs train about 1.3x faster than one two-thread run
-        (``bench/bench_training_speed.py``). A run's numbers do not depend on it.
+        one-thread runs train up to 1.5x faster than one two-thread run (the MLP; the
+        CNN barely: ``bench/bench_training_speed.py``). A run's numbers do not depend on it.
     """
 
     name: str = knob(check=_name)
@@ -398,10 +399,12 @@ _CNN_CPU = ExperimentConfig(
     eval_batch_size=128,
     latency_batches=(1, 64),
     precision="bf16",
-    # PyTorch's fused SGD: a CNN step about 5 % faster at one thread than the default's.
+    # PyTorch's fused SGD: a CNN step about 1 % faster at one thread than the default's
+    # (bench_training_speed.json, ``choices``; within this machine's noise).
     fused_sgd=True,
-    # Two one-thread runs at a time: 1.3x the throughput of one two-thread run on the
-    # 2-core reference machine (bench_training_speed.json).
+    # Two one-thread runs at a time: about 1.03x the throughput of one two-thread run on the
+    # 2-core reference machine since the 2x2 stage is one matrix product, which two threads
+    # share well (bench_training_speed.json; it was 1.3x before).
     threads_per_run=1,
     parallel_runs=2,
 )
@@ -420,7 +423,7 @@ _MLP_CPU = ExperimentConfig(
     latency_batches=(1, 64),
     # With PyTorch's default SGD the optimizer is about a quarter of an MLP step here.
     fused_sgd=True,
-    # Two one-thread runs at a time: 1.3x the throughput of one two-thread run on the
+    # Two one-thread runs at a time: 1.5x the throughput of one two-thread run on the
     # 2-core reference machine (bench_training_speed.json).
     threads_per_run=1,
     parallel_runs=2,
