@@ -374,10 +374,13 @@ def test_small_input_convolution_under_autocast_matches_conv2d_to_bfloat16_round
 )
 def test_small_input_path_only_where_it_computes_the_same_convolution(kwargs, size):
     layer = DynamicConv2d(4, 4, 3, **{"padding": 1, **kwargs})
-    x = torch.randn(2, 4, *size)
-    assert not _small_conv.applies(layer, x)
-    assert _small_conv.applies(DynamicConv2d(4, 4, 3, padding=1), torch.randn(2, 4, 2, 2))
-    assert not _small_conv.applies(DynamicConv2d(4, 4, 3, padding=1), torch.randn(4, 2, 2))  # unbatched
+    assert not _small_conv.applies(layer, torch.randn(2, 4, *size))
+
+
+def test_small_input_path_needs_a_batched_input():
+    layer = DynamicConv2d(4, 4, 3, padding=1)
+    assert _small_conv.applies(layer, torch.randn(2, 4, 2, 2))
+    assert not _small_conv.applies(layer, torch.randn(4, 2, 2))
 
 
 def test_small_input_path_mismatched_dtypes_raise_as_conv2d():
