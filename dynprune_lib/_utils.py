@@ -6,6 +6,7 @@ keys, the progress switch, random masks and interleaved timing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -13,7 +14,7 @@ import numbers
 import os
 import tempfile
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -171,6 +172,18 @@ def random_mask(
     return flat.view(tuple(shape)).to(device)
 
 
+def random_normal(
+    shape: torch.Size | tuple[int, ...],
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Float32 standard-normal values of ``shape``, drawn on the CPU (``generator``, or torch's
+    global CPU generator) and then moved to ``device``: the same seed gives the same values on
+    every device, and a CPU generator never meets a CUDA tensor."""
+    return torch.randn(tuple(shape), generator=generator).to(device)
+
+
 def replace_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> torch.nn.Module:
     """Put ``new`` where the submodule ``name`` of ``model`` is; returns the root (``new`` itself
     when ``name`` is empty, i.e. ``model`` is the layer being replaced)."""
@@ -179,6 +192,38 @@ def replace_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> t
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
     return model
+
+
+# --------------------------------------------------------------------------- arithmetic
+
+
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """float32 computed as float32 inside the block: no TF32 in cuDNN convolutions or CUDA
+    matrix products (PyTorch allows it for convolutions by default) and no reduced-precision
+    float32 matrix products (``torch.set_float32_matmul_precision``); restored on exit.
+
+    A correctness check compares two implementations under it, so that both do the same
+    arithmetic: a dense cuDNN convolution in TF32 differs from a float32 sparse kernel by
+    about 1e-3 relative, which is the rounding, not an error.
+    """
+    cudnn_tf32, matmul_precision = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+        torch.set_float32_matmul_precision(matmul_precision)
+
+
+def float32_arithmetic(device: torch.device | str) -> str:
+    """How float32 convolutions and matrix products run on ``device`` now: ``"float32"``, or
+    ``"tf32"`` where CUDA may use TensorFloat-32 (PyTorch's default for cuDNN convolutions)."""
+    if torch.device(device).type != "cuda":
+        return "float32"
+    tf32 = torch.backends.cudnn.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
+    return "tf32" if tf32 else "float32"
 
 
 # --------------------------------------------------------------------------- timing

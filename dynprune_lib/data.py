@@ -846,7 +846,7 @@ class BatchLoader:
         done = int(state["batches_done"])
         if not 0 <= done < max(len(self), 1):
             raise ValueError(f"batches_done={done} out of range for {len(self)} batches")
-        generator_state = state["generator"].clone()
+        generator_state = state["generator"].to("cpu", copy=True)  # a CPU generator's state, wherever it was read
         self._gen.set_state(generator_state)
         self._epoch = int(state["epoch"])
         self._epoch_start = generator_state if done else None

@@ -273,7 +273,9 @@ def fit(
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if checkpoint is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint, map_location=device)
+        # Read onto the CPU: each state_dict loader moves what it holds to where it lives (the model
+        # and optimizer to their parameters' device; RNG states stay CPU ByteTensors).
+        state = load_checkpoint(checkpoint)
         _restore(state, fingerprint, checkpoint, model, optimizer, pruner, lr_scheduler, train_loader)
         history = list(state["history"])
         start_epoch = int(state["epoch"])

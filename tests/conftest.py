@@ -94,3 +94,14 @@ def one_thread():
 def cifar():
     """:func:`synthetic_cifar`, for tests that take their data as a fixture."""
     return synthetic_cifar
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run where CUDA is (``scripts/gpu_check.sh`` runs them) and are
+    skipped, saying so, everywhere else."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (scripts/gpu_check.sh runs these)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -731,7 +731,7 @@ def test_bad_loader_arguments():
         BatchLoader(images, labels, 4, seed=1, generator=torch.Generator())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_cuda_batches_equal_cpu_batches():
     images, labels = _indexed(n=64, size=32)
     options = dict(shuffle=True, augment=True, normalize="standard", seed=2)

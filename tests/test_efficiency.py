@@ -123,6 +123,62 @@ def test_random_masks_set_every_sparse_layer_to_the_sparsity_and_leave_the_model
     assert list(sweep["sparsity"]) == [0.5, 0.9] and (sweep["sparse_ms"] > 0).all()
 
 
+@pytest.mark.cuda
+def test_random_masks_on_a_cuda_model_stay_on_cuda_and_equal_the_cpu_ones():
+    """Regression: the masks and values were drawn on the CPU generator and multiplied with the
+    CUDA model's tensors ("Expected all tensors to be on the same device")."""
+    cpu = ef.with_random_masks(_sparse_cnn(0.5), 0.9, seed=1)
+    gpu = ef.with_random_masks(_sparse_cnn(0.5).cuda(), 0.9, seed=1)
+    for (_, a), (_, b) in zip(sparse_modules(cpu), sparse_modules(gpu)):
+        assert b.weight.device.type == "cuda" and b.mask.device.type == "cuda"
+        assert torch.equal(a.mask, b.mask.cpu())
+        torch.testing.assert_close(a.weight, b.weight.cpu())
+
+
+class _FlagRecorder(nn.Module):
+    """Wraps a model and records, at every call, whether float32 may run reduced (TF32)."""
+
+    def __init__(self, inner: nn.Module, calls: list) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, calls
+
+    def forward(self, x):
+        self.calls.append((torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()))
+        return self.inner(x)
+
+
+def test_latency_check_compares_both_models_in_full_float32(monkeypatch):
+    """Regression (CUDA): the dense reference ran cuDNN convolutions in TF32 (PyTorch's default)
+    and the sparse path in float32, and the check failed on the rounding. The check now runs
+    both in full float32, and the timing under the process's own settings, which the table names."""
+    calls: list = []
+    monkeypatch.setattr(ef, "densify", lambda model: _FlagRecorder(dp.densify(model), calls))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        table = ef.latency_table(_sparse_cnn(0.95), (2,), input_shape=(3, 16, 16), seconds=0.01, rounds=1)
+        assert calls[0] == (False, "highest")  # the check: the first call of the dense reference
+        assert calls[-1] == (True, "high")  # the timing: as the user set it, restored after the check
+        assert torch.backends.cudnn.allow_tf32 and torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert table["dense_arithmetic"].tolist() == ["float32"]  # a CPU has no TF32
+    assert table["sparse_backends"].iloc[0].split(", ")[0].split(": ")[0] in {"numba", "torch.sparse", "dense"}
+
+
+@pytest.mark.cuda
+def test_latency_table_runs_on_cuda_and_says_what_ran():
+    """Regression: ``latency_table`` on CUDA raised in its check (TF32 against float32)."""
+    table = ef.latency_table(_sparse_cnn(0.95).cuda(), (1, 8), input_shape=(3, 16, 16), seconds=0.02, rounds=1)
+    assert (table["device"] == "cuda").all() and (table["sparse_ms"] > 0).all()
+    assert set(table["dense_arithmetic"]) <= {"tf32", "float32"}
+    assert set(table["sparse_backends"].str.split(", ").explode().str.split(": ").str[0]) <= {"torch.sparse", "dense"}
+    model = _sparse_cnn(0.5).cuda()
+    sweep = ef.latency_sweep(model, (0.9,), (1,), input_shape=(3, 16, 16), seconds=0.02, device="cuda")
+    assert (sweep["sparse_ms"] > 0).all()
+
+
 def test_latency_goals_are_checked_on_the_sweep_with_their_numbers():
     sweep = pd.DataFrame(
         {"sparsity": [0.5, 0.9, 0.95, 0.95], "batch": [64, 64, 1, 64], "threads": 2, "speedup": [0.9, 3.5, 2.0, 6.0]}

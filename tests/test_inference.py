@@ -416,7 +416,7 @@ def test_layers_without_a_kernel_stay_dense_and_say_why():
         to_sparse_inference(model, backend="mkl")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda(models):
     model = copy.deepcopy(models["cnn"]).cuda()
     x = torch.randn(2, 3, 8, 8, device="cuda")

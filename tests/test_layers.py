@@ -600,7 +600,7 @@ def test_densify_round_trip_outputs_equal():
     assert int((dense[2].weight == 0).sum()) == int((~net[2].mask).sum())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_the_same_seed_gives_the_same_masks_and_weights_on_cpu_and_cuda():
     """A layer built on the GPU is initialised on the CPU, as one built there and moved: the same
     seed gives the same masks (and weights) for every layer of a model, whatever the device."""

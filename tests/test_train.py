@@ -28,6 +28,7 @@ def _run(
     n: int = 192,
     precision: str = "fp32",
     keep_epochs=(),
+    device: str = "cpu",
 ):
     images, labels = synthetic_images(n)
     dp.set_seed(seed)
@@ -35,7 +36,7 @@ def _run(
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     train = dp.BatchLoader(images, labels, batch_size=32, shuffle=True, seed=seed, normalize="unit")
     test = dp.BatchLoader(images[:64], labels[:64], batch_size=64, shuffle=False, normalize="unit")
-    pruner = pruner_cls(model) if pruner_cls else None
+    pruner = pruner_cls(model.to(device)) if pruner_cls else None
     history = dp.fit(
         model,
         train,
@@ -44,7 +45,7 @@ def _run(
         optimizer=optimizer,
         loss_fn=loss_fn,
         pruner=pruner,
-        device="cpu",
+        device=device,
         checkpoint=checkpoint,
         keep_epochs=keep_epochs,
         progress=False,
@@ -159,6 +160,24 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     _same_weights(ref_model, model)
     assert pruner.steps == ref_pruner.steps == 3 * 6
     assert "sparsity" in resumed.columns
+
+
+@pytest.mark.cuda
+def test_interrupted_cuda_run_resumes(tmp_path):
+    """Regression: a checkpoint read onto the GPU handed the loader's CPU generator a CUDA
+    tensor ("RNG state must be a torch.ByteTensor"), so no CUDA run could resume. Checkpoints
+    are read onto the CPU; each state loader moves what it holds."""
+    reference, _, _ = _run(epochs=3, device="cuda", pruner_cls=CountingPruner)
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _run(epochs=3, checkpoint=ckpt, loss_fn=InterruptAfter(6 + 3), pruner_cls=CountingPruner, device="cuda")
+    resumed, model, pruner = _run(epochs=3, checkpoint=ckpt, pruner_cls=CountingPruner, device="cuda")
+    assert next(model.parameters()).device.type == "cuda" and pruner.steps == 3 * 6
+    first = dp.load_checkpoint(ckpt)["history"][0]
+    assert resumed["test_acc"].iloc[0] == first["test_acc"]
+    # cuDNN's kernels need not be bit-deterministic; the same run ends close to the uninterrupted one
+    loss, expected = resumed["train_loss"].to_numpy(), reference["train_loss"].to_numpy()
+    torch.testing.assert_close(loss, expected, rtol=1e-3, atol=1e-3)
 
 
 def test_kept_epoch_resumes_to_the_uninterrupted_result(tmp_path):

@@ -27,7 +27,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .._utils import check_int, check_sparsity, n_zeros, random_mask, time_interleaved
+from .._utils import (
+    check_int,
+    check_sparsity,
+    float32_arithmetic,
+    full_float32,
+    n_zeros,
+    random_mask,
+    random_normal,
+    time_interleaved,
+)
 from ..csr import ValueMode, plain_csr_nbytes, roundtrip_model, save_sparse
 from ..inference import LayerChoice, to_sparse_inference
 from ..layers import densify, global_magnitude_zeros, sparse_modules
@@ -210,7 +219,11 @@ def latency_table(
     timed faster; ``conversion_s`` is how long that took). All variants are
     timed in alternation, single calls, for about ``rounds * seconds`` seconds
     each, and the median is reported with the speed-up over dense. Outputs are
-    checked to agree (1e-4) before timing. A peer that is not installed leaves
+    checked to agree (1e-4) before timing, both computed in full float32
+    (:func:`~dynprune_lib._utils.full_float32`); the timing runs under the
+    process's own settings, and ``dense_arithmetic`` says which (``"tf32"`` where
+    CUDA may use TensorFloat-32) and ``sparse_backends`` which kernel each layer
+    of ours ran on. A peer that is not installed leaves
     its columns empty and says why in ``peers_missing``.
     """
     from .peers import peer_runners
@@ -224,16 +237,20 @@ def latency_table(
     rows = []
     for batch in batch_sizes:
         check_int(batch, "batch size", 1)
-        x = torch.randn(batch, *input_shape, generator=generator).to(device)
+        x = random_normal((batch, *input_shape), generator=generator, device=device)
         report: list[LayerChoice] = []
         start = time.perf_counter()
         sparse = to_sparse_inference(model, x, report=report)
         conversion = time.perf_counter() - start
-        expected = dense(x)
-        difference = float((sparse(x) - expected).abs().max())
+        # Like with like: both in full float32 (on CUDA, cuDNN would run the dense convolutions
+        # in TF32 and the sparse kernels do not); the timing below runs as the user has set it.
+        with full_float32():
+            expected = dense(x)
+            difference = float((sparse(x) - expected).abs().max())
         if difference > 1e-4 * max(1.0, float(expected.abs().max())):
             raise RuntimeError(
-                f"the sparse model's output differs from the dense one by {difference:g} at batch {batch}"
+                f"the sparse model's output differs from the dense one by {difference:g} at batch {batch} "
+                "(both computed in full float32)"
             )
         runners, missing = peer_runners(model, x, tuple(peers)) if peers and device.type == "cpu" else ({}, {})
         variants = {"dense": partial(dense, x), "sparse": partial(sparse, x), **runners}
@@ -261,11 +278,22 @@ def latency_table(
                 "conversion_s": conversion,
                 "threads": torch.get_num_threads(),
                 "device": device.type,
+                # what ran: the dense layers' float32 arithmetic, and each layer's kernel in ours
+                "dense_arithmetic": float32_arithmetic(device),
+                "sparse_backends": _backend_counts(report),
                 "peers_missing": "; ".join(f"{k}: {v}" for k, v in missing.items()),
             }
         )
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _backend_counts(report: Sequence[LayerChoice]) -> str:
+    """``"numba: 3, dense: 1"``: how many layers of a converted model run on each kernel."""
+    counts: dict[str, int] = {}
+    for choice in report:
+        counts[choice.backend] = counts.get(choice.backend, 0) + 1
+    return ", ".join(f"{backend}: {n}" for backend, n in counts.items())
 
 
 @torch.no_grad()
@@ -280,10 +308,14 @@ def with_random_masks(model: nn.Module, sparsity: float, *, seed: int = 0) -> nn
     if not layers:
         raise ValueError("model has no sparse DynamicLinear/DynamicConv2d layers")
     for _, layer in layers:
+        # Drawn on the CPU generator, then moved to the layer's device: the same masks and
+        # weights for a model on any device.
+        device = layer.weight.device
         scale = layer.weight.std().clamp_min(1e-3)
-        layer.apply_mask(random_mask(layer.mask.shape, n_zeros(sparsity, layer.weight.numel()), generator=generator))
+        n_zero = n_zeros(sparsity, layer.weight.numel())
+        layer.apply_mask(random_mask(layer.mask.shape, n_zero, generator=generator, device=device))
         # live weights get random non-zero values (a regrown weight would otherwise start at zero)
-        layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * scale * layer.mask)
+        layer.weight.copy_(random_normal(layer.weight.shape, generator=generator, device=device) * scale * layer.mask)
     return model
 
 

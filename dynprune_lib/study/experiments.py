@@ -35,6 +35,7 @@ import functools
 import math
 import multiprocessing
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -899,26 +900,28 @@ def run_latency(
     peers: Sequence[str] = (),
 ) -> pd.DataFrame:
     """:func:`~.efficiency.latency_table` of each run's model (those of ``methods``; default all) at
-    its config's ``latency_batches``, with ``peers``, tagged with the run (:func:`_tagged`)."""
+    its config's ``latency_batches``, with ``peers``, tagged with the run (:func:`_tagged`).
+
+    Each model and batch size takes seconds by design: every layer is timed dense and sparse,
+    then the whole model against the dense ones (about 0.3 s each), then the table's own
+    alternation (``6 * latency_seconds``); one line per model says how far it is.
+    """
     chosen = [run for run in runs if methods is None or run.method in methods]
     if not chosen:
         raise ValueError(f"no run of methods {list(methods or [])}; runs have {sorted({r.method for r in runs})}")
-    return pd.concat(
-        [
-            _tagged(
-                run,
-                latency_table(
-                    run.model,
-                    run.config.latency_batches,
-                    seconds=run.config.latency_seconds,
-                    device=device,
-                    peers=peers,
-                ),
-            )
-            for run in chosen
-        ],
-        ignore_index=True,
-    )
+    frames = []
+    for i, run in enumerate(chosen, start=1):
+        start = time.perf_counter()
+        table = latency_table(
+            run.model, run.config.latency_batches, seconds=run.config.latency_seconds, device=device, peers=peers
+        )
+        frames.append(_tagged(run, table))
+        print(
+            f"latency {i}/{len(chosen)}: {run.method} at {run.sparsity} seed {run.seed} "
+            f"({time.perf_counter() - start:.1f} s)",
+            flush=True,
+        )
+    return pd.concat(frames, ignore_index=True)
 
 
 def run_storage(runs: Sequence[Run], directory: str | os.PathLike[str]) -> pd.DataFrame:
