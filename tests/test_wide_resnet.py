@@ -84,3 +84,69 @@ def test_build_training_is_seeded_and_adds_dsr_to_sparse_recipes():
     group = a.optimizer.param_groups[0]
     assert group["nesterov"] and group["weight_decay"] == 5e-4 and group["lr"] == 0.1
     assert study.build_training(study.wrn_recipe("wrn-10-1-smoke")).pruner is None
+
+
+def _train_steps(recipe, steps: int = 8, seed: int = 0):
+    """``steps`` SGD steps of ``recipe`` (DSR stepping after each) on fixed synthetic batches:
+    the losses, the final state and the masks' storage addresses before training."""
+    setup = study.build_training(recipe, seed=seed)
+    masks = {name: buf for name, buf in setup.model.named_buffers() if name.endswith("mask")}
+    storage = {name: buf.data_ptr() for name, buf in masks.items()}
+    before = {name: buf.clone() for name, buf in masks.items()}
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        x = torch.randn(16, 3, 16, 16, generator=generator)
+        y = torch.randint(0, 10, (16,), generator=generator)
+        loss = nn.functional.cross_entropy(setup.model(x), y)
+        setup.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        setup.optimizer.step()
+        if setup.pruner is not None:
+            setup.pruner.step()
+        losses.append(loss.item())
+    state = {k: v.detach().clone() for k, v in setup.model.state_dict().items()}
+    return losses, state, storage, before, setup
+
+
+_SPEED_RECIPE = study.wrn_recipe("wrn-10-1-dsr-smoke", precision="fp32", channels_last=False, dsr={"period": 3})
+
+
+@pytest.mark.parametrize(
+    "knob",
+    [{"channels_last": True}, {"fused_sgd": True}, pytest.param({"compile": "default"}, marks=pytest.mark.slow)],
+    ids=lambda knob: next(iter(knob)),
+)
+def test_speed_knobs_give_the_same_training_within_float_rounding(knob):
+    """Each speed knob of a recipe changes how fast it runs, not what it computes: the same
+    losses, masks and weights after DSR updates, within float32 rounding, with the knob on
+    and off; the masks are updated in place (a compiled graph or a captured CUDA graph reads
+    the same storage)."""
+    plain_losses, plain, _, _, _ = _train_steps(_SPEED_RECIPE)
+    losses, state, storage, before, setup = _train_steps(_SPEED_RECIPE.replace(**knob))
+    torch.testing.assert_close(losses, plain_losses, rtol=1e-4, atol=1e-5)
+    assert state.keys() == plain.keys()  # compiled in place: a checkpoint has the eager keys
+    changed = 0
+    for name, value in state.items():
+        if name.endswith("mask"):
+            assert torch.equal(value, plain[name]), name
+            changed += int(not torch.equal(value, before[name]))
+        else:
+            torch.testing.assert_close(value, plain[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert changed, "no DSR update changed a mask: the test would not see a stale one"
+    masks = {name: buf for name, buf in setup.model.named_buffers() if name.endswith("mask")}
+    assert {name: buf.data_ptr() for name, buf in masks.items()} == storage
+
+
+def test_speed_knobs_are_checked_and_name_their_checkpoints():
+    recipe = study.wrn_recipe("wrn-10-1-smoke")
+    assert recipe.run_suffix == ""
+    assert recipe.replace(fused_sgd=True, compile="reduce-overhead").run_suffix == "_fused_compiled-reduce-overhead"
+    with pytest.raises(ValueError, match="compile"):
+        recipe.replace(compile="fast")
+    with pytest.raises(ValueError, match="eval_batch_size"):
+        recipe.replace(eval_batch_size=0)
+    assert study.build_training(recipe.replace(fused_sgd=True)).optimizer.defaults["fused"]
+    model = study.build_training(recipe.replace(channels_last=True)).model
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)

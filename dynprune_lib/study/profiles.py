@@ -42,6 +42,7 @@ from ..train import PRECISIONS
 
 __all__ = [
     "BASELINE",
+    "COMPILE_MODES",
     "DEFAULT_CS",
     "DSR_REFERENCE",
     "EXPERIMENTS",
@@ -497,6 +498,10 @@ def _mapping(value: object, name: str) -> dict[str, Any]:
     return dict(value)
 
 
+#: ``torch.compile`` modes a :class:`WRNRecipe` may ask for (``""``: eager).
+COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass(frozen=True)
 class WRNRecipe(_Profile):
     """How to train one Wide ResNet WRN-``depth``-``widen_factor`` on CIFAR-10.
@@ -506,6 +511,18 @@ class WRNRecipe(_Profile):
     the sparse variant (3x3 block convolutions as ``DynamicConv2d``) with
     DSR, ``dsr`` holding the scheduler's keyword arguments. ``anchor`` is the
     published test accuracy for the full protocol (``None`` when there is none).
+
+    How fast it runs, not what it computes (each gives the same results within float
+    rounding, tested on and off in ``tests/test_wide_resnet.py``):
+
+    * ``channels_last``: activations and weights in ``torch.channels_last``, the layout
+      cuDNN's and oneDNN's fastest convolutions take (masks too: updated in place);
+    * ``fused_sgd``: PyTorch's fused SGD, one kernel for every parameter's update;
+    * ``compile``: ``torch.compile`` mode of the network's forward (``nn.Module.compile``,
+      so checkpoints keep their keys; ``""`` runs eagerly). ``"reduce-overhead"`` also
+      captures CUDA graphs, which removes the per-kernel launch cost that bounds a small
+      network at a small batch on a large GPU;
+    * ``eval_batch_size``: images per batch of the per-epoch test pass.
     """
 
     name: str = knob(check=_name)
@@ -526,10 +543,23 @@ class WRNRecipe(_Profile):
     anchor: float | None = knob(None, _optional(lambda v, n: check_real(v, n, 0.0, 1.0)))
     source: str = ""
     precision: Literal["fp32", "bf16"] = knob("fp32", _choice(*PRECISIONS))
+    channels_last: bool = knob(True, check_bool)
+    fused_sgd: bool = knob(False, check_bool)
+    compile: str = knob("", _choice(*COMPILE_MODES))
+    eval_batch_size: int = knob(500, _positive_int)
 
     def _validate(self) -> None:
         if self.sparsity is None and self.dsr:
             raise ValueError("dsr settings need sparsity (a dense recipe has no DSR)")
+
+    @property
+    def run_suffix(self) -> str:
+        """What a checkpoint name adds for the knobs that round differently from the plain
+        eager float32 run (``""`` for none): fused SGD and a compiled network."""
+        parts = ["fused"] if self.fused_sgd else []
+        if self.compile:
+            parts.append(f"compiled-{self.compile}")
+        return "".join(f"_{p}" for p in parts)
 
     @property
     def architecture(self) -> str:
@@ -563,6 +593,12 @@ class WRNRecipe(_Profile):
         )
 
 
+#: How the published protocols run on a GPU (the ``gpu`` profile): bfloat16 autocast (the
+#: reported accuracies are the float32 models'), channels_last, fused SGD and test batches of
+#: 1,000. What each buys on one GPU, and what torch.compile and CUDA graphs would add on top:
+#: ``bench/bench_gpu_training.py`` (``results/bench_gpu_training.json`` once measured).
+_GPU_SPEED = {"precision": "bf16", "channels_last": True, "fused_sgd": True, "eval_batch_size": 1000}
+
 # DSR's period schedule for WRN-28-2 (epoch ranges 1-25: 100, 26-80: 200, 81-140: 400,
 # 141-190: 800, 191-200: none), keyed here by the 0-based epoch where it starts.
 _DSR_WRN_PERIOD = {0: 100, 25: 200, 80: 400, 140: 800, 190: 0}
@@ -581,6 +617,7 @@ WRN_RECIPES: Mapping[str, WRNRecipe] = {
             milestones=(60, 120, 160),
             anchor=0.9470,
             source="Mostafa & Wang 2019 (DSR), dense WRN-28-2",
+            **_GPU_SPEED,
         ),
         WRNRecipe(
             "wrn-28-2-dsr0.9",
@@ -593,6 +630,7 @@ WRN_RECIPES: Mapping[str, WRNRecipe] = {
             dsr={"n_prune": 20_000, "tolerance": 0.1, "initial_threshold": 1e-3, "period": _DSR_WRN_PERIOD},
             anchor=0.9359,
             source="Mostafa & Wang 2019 (DSR), WRN-28-2 at sparsity 0.9",
+            **_GPU_SPEED,
         ),
         WRNRecipe(
             "wrn-28-10",
@@ -603,6 +641,7 @@ WRN_RECIPES: Mapping[str, WRNRecipe] = {
             milestones=(60, 120, 160),
             anchor=0.9583,
             source="Zagoruyko & Komodakis 2016, WRN-28-10 without dropout",
+            **_GPU_SPEED,
         ),
         WRNRecipe(
             "wrn-10-2-cpu",
