@@ -20,6 +20,7 @@ adopt rank 0's masks on every rank so that masks never diverge.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -30,6 +31,11 @@ from ._utils import check_choice, check_int, check_real, check_sparsity, n_zeros
 from .layers import global_magnitude_zeros, mask_summary, sparse_modules
 
 __all__ = ["DSR", "SET", "MagnitudePruning", "RigL"]
+
+#: Updates in a row that prune under half of DSR's ``N_p`` before its threshold counts as run away
+#: (a healthy run doubles its threshold for a handful of updates at the start, from 1e-3 to the
+#: weights' scale).
+RUNAWAY_UPDATES = 20
 
 _LOG_COLUMNS = [
     "step",
@@ -277,6 +283,13 @@ class DSR(_MaskScheduler):
 
     The number of live (mask) weights is the same after every update.
 
+    A threshold that runs away is reported once (a ``RuntimeWarning``, and
+    :attr:`runaway` says when and why; the history's ``threshold_ran_away``
+    column turns 1): it doubled past the largest live magnitude (the next update
+    may prune every weight), or :data:`RUNAWAY_UPDATES` updates in a row pruned
+    under half of ``N_p``. Both mean ``N_p`` is out of reach of the live weights;
+    the run goes on, but its accuracy is suspect (the study flags such runs).
+
     ``N_p`` is, as in the reference (``--n-prune-params``, default 600), an
     absolute number of weights reallocated per update, summed over all layers;
     ``prune_fraction`` is a convenience that sets it to that fraction of the live
@@ -332,6 +345,8 @@ class DSR(_MaskScheduler):
         )
         self.threshold = self.initial_threshold
         self.period = self._check_period(period)
+        self.runaway: dict[str, Any] | None = None  # {"step", "reason"} once the threshold ran away
+        self._short_updates = 0  # updates in a row that pruned under half of N_p
         self._record([self.threshold] * len(self.layers), [(0, 0)] * len(self.layers))
 
     @staticmethod
@@ -387,14 +402,37 @@ class DSR(_MaskScheduler):
 
     def _after_update(self, counts: list[tuple[int, int]]) -> None:
         k = sum(p for p, _ in counts)
+        doubled = False
         if k > (1.0 + self.tolerance) * self.n_prune:
             self.threshold /= 2.0
         elif k < (1.0 - self.tolerance) * self.n_prune:
             self.threshold *= 2.0
+            doubled = True
+        self._short_updates = self._short_updates + 1 if 2 * k < self.n_prune else 0
+        if self.runaway is None:
+            self._check_runaway(k, doubled)
+
+    def _check_runaway(self, pruned: int, doubled: bool) -> None:
+        live = sum(int(layer.mask.sum()) for layer in self.layers.values())
+        largest = max(float((layer.weight.detach().abs() * layer.mask).max()) for layer in self.layers.values())
+        if doubled and self.threshold > largest:
+            reason = f"it doubled to {self.threshold:g}, above the largest live magnitude {largest:g}"
+        elif self._short_updates >= RUNAWAY_UPDATES:
+            reason = f"{self._short_updates} updates in a row pruned under half of N_p (the last: {pruned})"
+        else:
+            return
+        self.runaway = {"step": self.step_count, "reason": reason}
+        warnings.warn(
+            f"DSR's threshold ran away at step {self.step_count}: {reason}. N_p={self.n_prune} is out of reach "
+            f"of the {live} live weights; updates may prune nearly every weight (lower n_prune)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
         out = super().epoch_end(epoch)
         out["threshold"] = self.threshold
+        out["threshold_ran_away"] = float(self.runaway is not None)
         return out
 
     def hparams(self) -> dict[str, Any]:
@@ -408,10 +446,13 @@ class DSR(_MaskScheduler):
         }
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"threshold": self.threshold}
+        return {"threshold": self.threshold, "runaway": self.runaway, "short_updates": self._short_updates}
 
     def _load_extra_state(self, state: Mapping[str, Any]) -> None:
         self.threshold = float(state["threshold"])
+        runaway = state.get("runaway")  # absent in checkpoints from before the guard
+        self.runaway = None if runaway is None else {"step": int(runaway["step"]), "reason": str(runaway["reason"])}
+        self._short_updates = int(state.get("short_updates", 0))
 
 
 class _PruneRegrow(_MaskScheduler):

@@ -309,6 +309,14 @@ def test_tables_against_sparsity_and_training_time(tmp_path):
     assert cnn.loc["dsr", "sparsity"] == 0.9 and cnn.loc["dsr", "final_test_acc"] == 0.80
     mlp = accuracy[accuracy["model"].str.startswith("MLP")]
     assert mlp["sparsity"].tolist() == [0.0, 0.5, 0.9]
+    assert mlp["runs_at_chance"].tolist() == [0, 0, 0]
+    runs = pd.read_csv(results / "dynamic_mlp_runs.csv")
+    runs.loc[runs["sparsity_target"] == 0.9, "final_test_acc"] = 0.1  # a collapse
+    runs.to_csv(results / "dynamic_mlp_runs.csv", index=False)
+    flagged = analysis.accuracy_sparsity_table(results)
+    assert flagged[flagged["model"].str.startswith("MLP")]["runs_at_chance"].tolist() == [0, 0, 1]
+    assert flagged[flagged["model"].str.startswith("CNN")]["runs_at_chance"].sum() == 0
+    runs.to_csv(results / "dynamic_mlp_runs.csv", index=False)
     latency = analysis.latency_sparsity_table(results)
     assert "set" not in set(latency["method"])  # dense and DSR only, by default
     assert len(analysis.latency_sparsity_table(results, methods=("set",))) == 4  # the MLP's SET + three DSR CNNs

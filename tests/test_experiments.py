@@ -6,6 +6,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -243,11 +244,30 @@ def test_dsr_schedule_derived_from_the_reference_gives_the_reference_back_on_its
     ours = study.dsr_schedule(cpu, study.build_model(cpu), 391)
     assert ours["period"] == {0: 78, 1: 156, 4: 313, 7: 626}  # 100 * 391 / 500 = 78.2, ...
     assert ours["end_step"] == round(0.95 * 3910)
-    cnn_weights = sum(m.weight.numel() for _, m in dp.sparse_modules(study.build_model(cpu)))
-    wrn_weights = sum(m.weight.numel() for _, m in dp.sparse_modules(wrn))
-    assert ours["n_prune"] == round(20_000 * cnn_weights / wrn_weights)
+    wrn_live = sum(int(m.mask.sum()) for _, m in dp.sparse_modules(wrn))
+    assert 0.13 < 20_000 / wrn_live < 0.15  # the reference reallocates about 14 % of its live weights
+    model = study.build_model(cpu)
+    study.init_random_masks(model, 0.9, generator=torch.Generator().manual_seed(0))
+    cnn_live = sum(int(m.mask.sum()) for _, m in dp.sparse_modules(model))
+    assert study.dsr_schedule(cpu, model, 391)["n_prune"] == round(20_000 * cnn_live / wrn_live)
     fixed = study.dsr_schedule(dataclasses.replace(cpu, dsr_n_prune=600, dsr_period=((0.0, 100), (0.5, 0))), wrn, 391)
     assert fixed["n_prune"] == 600 and fixed["period"] == {0: 100, 5: 0}  # a profile's own values win
+
+
+@pytest.mark.parametrize("experiment", ["dynamic_cnn", "dynamic_mlp"])
+def test_dsr_reallocates_a_small_share_of_the_live_weights_at_every_sparsity_of_the_sweeps(experiment):
+    """Regression: N_p was scaled by *all* sparse-layer weights, so the MLP at 0.99 had to prune
+    23,513 of its 17,065 live weights each update; no update could, its threshold doubled every
+    epoch and the run collapsed to chance. Scaled by live weights it is the reference's ~14 %."""
+    for profile in ("cpu", "gpu"):
+        config = study.experiment_profile(experiment, profile)
+        for sparsity in sorted({config.sparsity, *config.sparsities, *config.inference_sparsities}):
+            model = study.build_model(config)
+            target = study.sparse_layer_target(model, sparsity, config.sparsity_scope)
+            study.init_random_masks(model, target, distribution="uniform", generator=torch.Generator())
+            live = sum(int(m.mask.sum()) for _, m in dp.sparse_modules(model))
+            share = study.dsr_schedule(config, model, 391)["n_prune"] / live
+            assert 0.1 < share < 0.2, (profile, sparsity, share)
 
 
 def test_dsr_period_schedule_follows_the_epochs_fit_runs(tmp_path):
@@ -480,6 +500,35 @@ def test_sparsity_claim_table_pairs_by_seed_and_never_compares_a_model_with_itse
     assert rows.loc[("dsr 0.5", 0.9, 1), "retrained"] == 0.52  # paired with its own seed
     assert rows.loc[("dsr 0.5", 0.9, 1), "difference"] == pytest.approx(0.44 - 0.52)
     assert rows.loc[("dense", 0.5, 0), "difference"] == pytest.approx(0.59 - 0.58)
+
+
+def test_a_run_at_chance_is_never_a_reference_and_is_drawn_apart():
+    """Regression: notebook 03's DSR MLP at 0.99 collapsed to 10.00 % and was the reference of
+    two "sparsity changed at inference" rows; a run within 2 pt of chance is flagged instead."""
+    assert study.at_chance(0.1) and study.at_chance(0.1199) and not study.at_chance(0.125)
+    runs = pd.DataFrame(
+        {
+            "method": ["dense", "dsr", "dsr", "dsr"],
+            "sparsity_target": [math.nan, 0.5, 0.99, 0.99],
+            "seed": [0, 0, 0, 1],
+            "final_test_acc": [0.6, 0.58, 0.10, 0.31],
+        }
+    )
+    inference = pd.DataFrame(
+        {
+            "source": ["dense", "dense", "dense"],
+            "source_sparsity": [math.nan] * 3,
+            "seed": [0, 0, 1],
+            "sparsity_target": [0.5, 0.99, 0.99],
+            "test_acc": [0.59, 0.2, 0.21],
+        }
+    )
+    table = study.sparsity_claim_table(runs, inference)
+    assert set(zip(table["sparsity"], table["seed"])) == {(0.5, 0), (0.99, 1)}  # not against the collapse
+    figure = study.plot_accuracy_vs_sparsity(runs.assign(at_chance=study.at_chance(runs["final_test_acc"])))
+    crosses = [line for line in figure.axes[0].lines if "at chance" in str(line.get_label())]
+    assert len(crosses) == 1 and list(crosses[0].get_ydata()) == [0.10]
+    plt.close(figure)
 
 
 def test_inference_sweep_and_run_latency_label_their_rows(tmp_path):

@@ -285,6 +285,22 @@ def test_the_smoke_profile_left_the_committed_notebooks_as_they_were():
     assert digest == os.environ["DYNPRUNE_NOTEBOOKS_DIGEST"]
 
 
+@pytest.mark.skipif(not os.environ.get("DYNPRUNE_SMOKE_DIR"), reason="run by ./run_tests.sh after the smoke profile")
+def test_every_figure_cell_of_a_driven_notebook_shows_its_figure():
+    """``run_all.sh`` runs the kernel with matplotlib's Agg backend, which shows nothing: each
+    ``save_figure`` cell of a notebook the driver executed must still carry its PNG."""
+    executed = Path(os.environ["DYNPRUNE_SMOKE_DIR"]) / "notebooks"
+    figure_cells = 0
+    for source in rn.select_notebooks(None):
+        cells = json.loads((executed / source.name).read_text())["cells"]
+        for index, cell in enumerate(cells):
+            if cell["cell_type"] == "code" and "save_figure(" in "".join(cell["source"]):
+                figure_cells += 1
+                kinds = [kind for output in cell.get("outputs", []) for kind in output.get("data", {})]
+                assert kinds.count("image/png") == 1, f"{source.name} cell {index} shows {kinds}"
+    assert figure_cells >= 10
+
+
 def test_source_digest_ignores_outputs_metadata_and_the_injected_cell(tmp_path):
     source = rn.select_notebooks(["03"])[0]
     executed = tmp_path / source.name

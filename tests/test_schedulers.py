@@ -146,6 +146,34 @@ def test_dsr_threshold_adapts_towards_target_over_updates():
     assert max(pruned[-10:]) > 0.5 * 30
 
 
+def test_dsr_warns_once_when_its_threshold_runs_away_and_remembers_it():
+    """Regression: with N_p beyond the live weights (notebook 03's MLP at 0.99 had to prune
+    23,513 of 17,065) no update can prune N_p, so the threshold doubles without end and each
+    update prunes nearly everything; nothing said so and the run collapsed to chance."""
+    model = tiny_model(sparsity=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    live = n_live(model)
+    pruner = DSR(model, opt, n_prune=2 * live, period=1, initial_threshold=1e-3)
+    with pytest.warns(RuntimeWarning, match="threshold ran away") as caught:
+        train(model, opt, pruner, batches(40))
+    assert sum("ran away" in str(w.message) for w in caught) == 1  # once, not at every update
+    assert pruner.runaway is not None and pruner.runaway["step"] >= 1
+    assert "above the largest live magnitude" in pruner.runaway["reason"]
+    assert pruner.epoch_end(0)["threshold_ran_away"] == 1.0
+    restored = DSR(tiny_model(sparsity=0.9), n_prune=2 * live, period=1)
+    restored.load_state_dict(pruner.state_dict())
+    assert restored.runaway == pruner.runaway
+
+
+def test_dsr_with_a_reachable_n_prune_never_reports_a_runaway(recwarn):
+    model = tiny_model(sparsity=0.7)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    pruner = DSR(model, opt, n_prune=max(1, n_live(model) // 10), period=1, initial_threshold=1e-3)
+    train(model, opt, pruner, batches(60))
+    assert pruner.runaway is None and pruner.epoch_end(0)["threshold_ran_away"] == 0.0
+    assert not [w for w in recwarn if "ran away" in str(w.message)]
+
+
 def test_dsr_regrowth_proportional_to_surviving_weights_and_never_where_just_pruned():
     torch.manual_seed(0)
     model = nn.Sequential(DynamicLinear(40, 30, 0.5), DynamicLinear(30, 20, 0.5), DynamicLinear(20, 7, 0.5))

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .comparison import TRADITIONAL_NAME, check_paper_claims
+from .experiments import at_chance
 from .paper import PAPER, PAPER_CLAIMS
 from .profiles import TIME_BUDGETS
 from .results import RESULT_FILES, read_result, result_path
@@ -158,25 +159,31 @@ def accuracy_sparsity_table(results_dir: str | os.PathLike[str]) -> pd.DataFrame
 
     One row per (model, method, target sparsity), means over seeds: the CNN of
     notebook 02 (``sparsity`` = convolution weights) and the MLP of notebook 03
-    (linear weights); dense models have sparsity 0.
+    (linear weights); dense models have sparsity 0. ``runs_at_chance`` counts the
+    seeds that ended at chance (:func:`~.experiments.at_chance`; for the CNN, whose
+    table holds no seeds, 1 when its worst seed did).
     """
     cnn = read_result(results_dir, "dynamic_cnn_methods")
     cnn = cnn[cnn["method"] != "baseline"]
     mlp = read_result(results_dir, "dynamic_mlp_runs")
     mlp = (
-        mlp.groupby(["method", "sparsity_target"], dropna=False, sort=False)
+        mlp.assign(at_chance=at_chance(mlp["final_test_acc"]))
+        .groupby(["method", "sparsity_target"], dropna=False, sort=False)
         .agg(
             final_test_acc=("final_test_acc", "mean"),
             final_test_acc_min=("final_test_acc", "min"),
             final_test_acc_max=("final_test_acc", "max"),
             sparsity=("linear_sparsity", "mean"),
             seeds=("seed", "size"),
+            runs_at_chance=("at_chance", "sum"),
         )
         .reset_index()
     )
     cnn = cnn.assign(model="CNN (notebook 02)", sparsity=cnn["conv_sparsity"])
+    cnn = cnn.assign(runs_at_chance=at_chance(cnn.get("final_test_acc_min", cnn["final_test_acc"])).astype(int))
     mlp = mlp.assign(model="MLP (notebook 03)")
     columns = ["model", "method", "sparsity", "final_test_acc", "final_test_acc_min", "final_test_acc_max", "seeds"]
+    columns.append("runs_at_chance")
     return pd.concat([cnn[columns], mlp[columns]], ignore_index=True)
 
 

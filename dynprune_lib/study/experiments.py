@@ -58,8 +58,10 @@ from .profiles import BASELINE, DSR_REFERENCE, METHODS, WRN_RECIPES, BaselineRec
 from .results import RESULT_FILES
 
 __all__ = [
+    "CHANCE_MARGIN",
     "METHOD_LABELS",
     "Run",
+    "at_chance",
     "baseline_history",
     "build_model",
     "dsr_schedule",
@@ -207,24 +209,27 @@ def experiment_optimizer(config: ExperimentConfig, model: nn.Module) -> torch.op
     )
 
 
-def _sparse_weights(model: nn.Module) -> int:
-    return sum(layer.weight.numel() for _, layer in sparse_modules(model))
+def _live_weights(model: nn.Module) -> int:
+    """Weights the masks of ``model``'s sparse layers keep."""
+    return sum(int(layer.mask.sum()) for _, layer in sparse_modules(model))
 
 
 @functools.cache
-def _reference_sparse_weights() -> int:
-    """Weights in the sparse layers of the reference's network (WRN-28-2's 3x3 block convolutions)."""
+def _reference_live_weights() -> int:
+    """Live weights of the reference's network at its sparsity (WRN-28-2's 3x3 block convolutions at 0.9)."""
     recipe = WRN_RECIPES[f"{DSR_REFERENCE['network']}-dsr0.9"]
-    return _sparse_weights(WideResNet(recipe.depth, recipe.widen_factor, sparse=True, sparsity=0.9))
+    return _live_weights(WideResNet(recipe.depth, recipe.widen_factor, sparse=True, sparsity=recipe.sparsity))
 
 
 def dsr_schedule(config: ExperimentConfig, model: nn.Module, steps_per_epoch: int) -> dict[str, Any]:
     """DSR's ``n_prune``, ``period`` (steps, keyed by 0-based epoch) and ``end_step`` for a run of
-    ``config`` on ``model``, derived from the reference's WRN-28-2 protocol (:data:`DSR_REFERENCE`)
-    where the profile leaves them open (``dsr_n_prune=0``, ``dsr_period=()``):
+    ``config`` on ``model`` (its masks set), derived from the reference's WRN-28-2 protocol
+    (:data:`DSR_REFERENCE`) where the profile leaves them open (``dsr_n_prune=0``, ``dsr_period=()``):
 
-    * ``N_p``: the same share of the sparse layers' weights, ``20,000 * W / W_ref`` (``W``: weights in
-      ``model``'s sparse layers, masked or not; ``W_ref``: WRN-28-2's);
+    * ``N_p``: the same share of the *live* weights, ``20,000 * L / L_ref`` (``L``: weights ``model``'s
+      masks keep; ``L_ref``: WRN-28-2's at 0.9, where the reference reallocates 20,000 per update,
+      about 14 %). A share of all weights instead would ask a model at 0.99 to prune more weights
+      than it has live: no update could, the threshold would double without end, and DSR collapse;
     * the period phases start at the same fractions of training (epochs 0, 25, 80, 140 of 200 ->
       ``round(e / 200 * epochs)``; two on one epoch: the first wins), with the same number of updates
       per epoch (``round(p * steps_per_epoch / 500)``: the reference's epoch is 500 steps);
@@ -232,7 +237,7 @@ def dsr_schedule(config: ExperimentConfig, model: nn.Module, steps_per_epoch: in
     """
     total = config.epochs * steps_per_epoch
     n_prune = config.dsr_n_prune or max(
-        1, round(DSR_REFERENCE["n_prune"] * _sparse_weights(model) / _reference_sparse_weights())
+        1, round(DSR_REFERENCE["n_prune"] * _live_weights(model) / _reference_live_weights())
     )
     period: dict[int, int] = {}
     if config.dsr_period:
@@ -754,10 +759,21 @@ def find_run(runs: Sequence[Run], method: str, sparsity: float | None = None, se
     raise ValueError(f"no run of method={method!r}, sparsity={sparsity!r}, seed={seed!r}")
 
 
+#: A run whose final test accuracy is below chance (one in ten) plus this is flagged ``at_chance``:
+#: it learned nothing (a collapse), so it is shown marked and is never a claim's reference.
+CHANCE_MARGIN = 0.02
+
+
+def at_chance(accuracy: float | pd.Series, classes: int = 10) -> bool | pd.Series:
+    """Whether ``accuracy`` is within :data:`CHANCE_MARGIN` of chance (``1 / classes``) or below."""
+    return accuracy < 1.0 / classes + CHANCE_MARGIN
+
+
 def run_table(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per run: final, best and training accuracy, the sparsity measured on its weights
     (:func:`~dynprune_lib.efficiency.sparsity_summary`: sparse layers, convolutions, linear
-    layers, all weights), its training time and training precision."""
+    layers, all weights), its training time and training precision, and ``at_chance``
+    (:func:`at_chance`: a run that learned nothing, flagged)."""
     rows = []
     for run in runs:
         s = sparsity_summary(run.model)
@@ -769,6 +785,7 @@ def run_table(runs: Sequence[Run]) -> pd.DataFrame:
                 "final_test_acc": float(run.history["test_acc"].iloc[-1]),
                 "best_test_acc": float(run.history["test_acc"].max()),
                 "final_train_acc": float(run.history["train_acc"].iloc[-1]),
+                "at_chance": bool(at_chance(float(run.history["test_acc"].iloc[-1]))),
                 "sparse_layer_sparsity": s["sparse_layers"],
                 "conv_sparsity": s["conv"],
                 "linear_sparsity": s["linear"],
@@ -1000,8 +1017,9 @@ def sparsity_claim_table(runs: pd.DataFrame, inference: pd.DataFrame, *, method:
     seed: one row per (sparsity, source, seed) both have, with ``difference`` = raised - retrained.
 
     A source is not compared at the sparsity it was trained at (that would compare a model with
-    itself)."""
-    retrained = runs[runs["method"] == method].set_index(["sparsity_target", "seed"])["final_test_acc"]
+    itself), nor against a retrained run at chance (:func:`at_chance`: a collapse is no reference)."""
+    retrained = runs[(runs["method"] == method) & ~at_chance(runs["final_test_acc"])]
+    retrained = retrained.set_index(["sparsity_target", "seed"])["final_test_acc"]
     raised = inference.drop_duplicates(["source", "seed", "sparsity_target"])
     raised = raised[~np.isclose(raised["sparsity_target"], raised["source_sparsity"].fillna(-1.0))]
     table = pd.DataFrame(

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
@@ -37,8 +38,25 @@ class Session:
         return write_result(table, self.results, key)
 
     def save_figure(self, fig: Figure, name: str) -> None:
-        """Save ``fig`` as ``figures/<name>.png`` and ``.svg`` (it still shows inline)."""
-        save_figure(fig, name, self.figures)
+        """Save ``fig`` as ``figures/<name>.png`` and ``.svg`` and, in a notebook, show it as the cell's output."""
+        png = next(p for p in save_figure(fig, name, self.figures) if p.suffix == ".png")
+        _show_in_notebook(fig, png)
+
+
+def _show_in_notebook(fig: Figure, png: Path) -> None:
+    """In a Jupyter kernel, show the saved PNG as the cell's output whatever matplotlib's backend
+    (``run_all.sh`` runs Agg, which shows nothing), then close the figure so that an inline
+    backend does not show it a second time. Elsewhere (a script, no IPython) do nothing."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return
+    display(Image(data=png.read_bytes(), format="png"))
+    plt.close(fig)
 
 
 def setup(

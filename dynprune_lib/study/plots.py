@@ -440,8 +440,9 @@ def plot_accuracy_vs_sparsity(
     min-max bars), the dense model as a line, and models whose sparsity was raised at
     inference without retraining (one line per ``source``, mean over its seeds, min-max bars).
 
-    ``runs`` is :func:`dynprune_lib.experiments.run_table` (``method``, ``sparsity_target``,
-    ``final_test_acc``); ``inference`` is :func:`dynprune_lib.experiments.inference_sweep`
+    ``runs`` is :func:`~dynprune_lib.study.experiments.run_table` (``method``, ``sparsity_target``,
+    ``final_test_acc``; runs flagged ``at_chance`` are drawn apart, as red crosses, and left out of
+    the line); ``inference`` is :func:`~dynprune_lib.study.experiments.inference_sweep`
     (``source``, ``sparsity_target``, ``test_acc``).
     """
     missing = {"method", "sparsity_target", "final_test_acc"} - set(runs.columns)
@@ -453,6 +454,18 @@ def plot_accuracy_vs_sparsity(
     if retrained.empty:
         raise ValueError(f"runs has no rows of method {method!r}")
     fig, ax = plt.subplots(figsize=(7.0, 4.4), layout="constrained")
+    collapsed = retrained["at_chance"].astype(bool) if "at_chance" in retrained.columns else False
+    if collapsed is not False and collapsed.any():
+        flagged = retrained[collapsed]
+        ax.plot(
+            1.0 - flagged["sparsity_target"].to_numpy(),
+            flagged["final_test_acc"],
+            "x",
+            color="tab:red",
+            markersize=9,
+            label=f"{method} run at chance (flagged: collapsed, not a reference)",
+        )
+        retrained = retrained[~collapsed]
     stats = retrained.groupby("sparsity_target")["final_test_acc"].agg(["mean", "min", "max"]).sort_index()
     ax.errorbar(
         1.0 - stats.index.to_numpy(),
@@ -589,7 +602,8 @@ def _density(sparsity: pd.Series) -> np.ndarray:
 
 def plot_accuracy_vs_sparsity_by_method(table: pd.DataFrame, *, title: str | None = None) -> Figure:
     """Final test accuracy against measured sparsity, one panel per model, one line per method
-    (min-max bars over seeds); dense models sit at sparsity 0.
+    (min-max bars over seeds); dense models sit at sparsity 0; a point with a seed at chance
+    (``runs_at_chance``) is crossed out in red.
 
     ``table`` is :func:`dynprune_lib.analysis.accuracy_sparsity_table`.
     """
@@ -601,6 +615,16 @@ def plot_accuracy_vs_sparsity_by_method(table: pd.DataFrame, *, title: str | Non
             lo, hi = (rows.get(f"final_test_acc_{k}", acc).fillna(acc) for k in ("min", "max"))
             style = {"linestyle": "none", "marker": "D", "color": "0.2"} if method == "dense" else {"marker": "o"}
             ax.errorbar(_density(rows["sparsity"]), acc, yerr=[acc - lo, hi - acc], capsize=3, label=method, **style)
+        flagged = part[part.get("runs_at_chance", pd.Series(0, index=part.index)).fillna(0) > 0]
+        if len(flagged):
+            ax.plot(
+                _density(flagged["sparsity"]),
+                flagged["final_test_acc"],
+                "x",
+                color="tab:red",
+                markersize=10,
+                label="a seed at chance (flagged)",
+            )
 
     return _sparsity_panels(table, {"method", "final_test_acc"}, draw, ylabel="final test accuracy", title=title)
 
