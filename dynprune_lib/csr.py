@@ -588,6 +588,11 @@ def model_from_bytes(
             raise CSRFormatError(f"invalid sparse model file: bad entry header for {key!r}")
         start, offset = offset, take(offset, 8 * ndim + 8, f"shape of {key!r}")
         *shape, size = struct.unpack_from(f"<{ndim}QQ", data, start)
+        if shapes is not None:  # the target model's: a name or shape it lacks is damage, said here
+            if key not in shapes:
+                raise CSRFormatError(f"invalid sparse model file: entry {key!r} is not in the model")
+            if tuple(shapes[key]) != tuple(shape):
+                raise CSRFormatError(f"{key!r} has shape {tuple(shape)} in the file, {tuple(shapes[key])} in the model")
         payload = data[offset : take(offset, size, f"payload of {key!r}")]
         offset += size
         dtype = _DTYPES[dtype_code]
@@ -602,9 +607,7 @@ def model_from_bytes(
             csr = decode(payload)
             if csr.shape != (shape[0], math.prod(shape[1:])):
                 raise CSRFormatError(f"invalid sparse model file: CSR shape {csr.shape} does not match {shape}")
-            if shapes is not None and key in shapes and tuple(shapes[key]) != tuple(shape):
-                raise CSRFormatError(f"{key!r} has shape {tuple(shape)} in the file, {tuple(shapes[key])} in the model")
-            if (shapes is None or key not in shapes) and math.prod(shape) > max_elements:
+            if shapes is None and math.prod(shape) > max_elements:
                 raise CSRFormatError(f"{key!r} would expand to {math.prod(shape)} elements (limit {max_elements})")
             dense = csr.to_dense()
             mask = torch.zeros(csr.shape, dtype=torch.bool)

@@ -418,13 +418,33 @@ def test_model_file_corruption_and_truncation(tmp_path):
         model_from_bytes(b"PK\x03\x04" + data[4:])
 
 
+def _bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes (NaN-safe equality)."""
+    return tensor.reshape(-1).view(torch.uint8)
+
+
 def test_model_file_with_valid_crc_but_bad_content():
-    data = model_to_bytes(trained_small_net(0))
+    """A flipped byte under a valid CRC is either refused with CSRFormatError (a broken structure)
+    or decodes to the same keys and shapes with at most one tensor changed (a flipped value):
+    never another exception, a renamed or reshaped tensor, or damage beyond the byte."""
+    model = trained_small_net(0)
+    original = model.state_dict()
+    shapes = {name: tensor.shape for name, tensor in original.items()}
+    data = model_to_bytes(model)
+    refused = decoded = 0
     for position in range(0, len(data) - 4, 3):
         corrupt = bytearray(data[:-4])
         corrupt[position] ^= 0x5A
-        with contextlib.suppress(CSRFormatError):
-            model_from_bytes(with_crc(bytes(corrupt)))
+        try:
+            state = model_from_bytes(with_crc(bytes(corrupt)), shapes)
+        except CSRFormatError:
+            refused += 1
+            continue
+        decoded += 1
+        assert sorted(state) == sorted(original) and all(state[k].shape == original[k].shape for k in state), position
+        changed = [k for k in state if not torch.equal(_bytes(state[k]), _bytes(original[k]))]
+        assert len(changed) <= 1, (position, changed)
+    assert refused and decoded  # both kinds of damage occur in the file
 
 
 def test_hostile_model_file_cannot_expand_a_huge_weight(tmp_path):

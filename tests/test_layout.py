@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +66,35 @@ def test_version_is_the_projects():
     assert dp.__version__ == version
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
     assert f"## {version}" in (ROOT / "CHANGELOG.md").read_text()
+
+
+_DOTTED = re.compile(r"(?<![\w.])dynprune_lib(?:\.[A-Za-z_]\w*)+")
+
+
+def _resolves(reference: str) -> bool:
+    """Whether ``dynprune_lib.a.b.c`` names a module or an attribute of one."""
+    parts = reference.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
+
+
+def test_every_dotted_reference_in_a_docstring_resolves():
+    """A docstring that names ``dynprune_lib.x.y`` points at something that exists (modules moved
+    into ``dynprune_lib.study`` left references to their old places behind)."""
+    broken = []
+    for path in sorted(LIBRARY.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node) or ""
+                broken += [f"{path.relative_to(ROOT)}: {ref}" for ref in _DOTTED.findall(doc) if not _resolves(ref)]
+    assert not broken
+    assert not _resolves("dynprune_lib.experiments") and _resolves("dynprune_lib.study.experiments.run_table")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from dynprune_lib.study import RULES, Rule, decide, overfitting_signs
+from dynprune_lib.study import RULES, Rule, decide, holm, overfitting_signs
 
 KEEP = RULES["keeps accuracy"]  # threshold -1 point
 
@@ -86,3 +87,53 @@ def test_interval_text_shows_the_mean_the_interval_and_n():
     assert three.interval(rule.unit).startswith("+2.00 pt [") and three.interval(rule.unit).endswith("(n=3)")
     exact = RULES["smaller"]
     assert decide(exact, [7.5]).interval(exact.unit) == "7.50x (n=1)"
+
+
+def test_a_binary_outcome_is_decided_on_its_exact_binomial_interval():
+    """Regression: 0 of 3 seeds showing the symptom got a Student-t interval [0, 0] and "not
+    supported"; its exact (Clopper-Pearson) interval is [0, 0.71], which straddles 0.5."""
+    symptom = RULES["shows the symptom"]
+    none = decide(symptom, [0.0, 0.0, 0.0])
+    assert (none.low, none.high) == (0.0, pytest.approx(1 - 0.025 ** (1 / 3)))  # the exact bound, by hand
+    assert none.verdict == "inconclusive"
+    ci = stats.binomtest(2, 3).proportion_ci(method="exact")
+    two = decide(symptom, [1.0, 0.0, 1.0])
+    assert (two.low, two.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert decide(symptom, [0.0] * 10).verdict == "not supported"  # upper bound 0.31
+    assert decide(symptom, [1.0] * 10).verdict == "supported"
+    with pytest.raises(ValueError, match="0 or 1"):
+        decide(symptom, [0.5, 1.0])
+    assert "binomial" in symptom.describe()
+    with pytest.raises(ValueError, match="kind"):
+        Rule("r", 0.0, "x", kind="bayes")
+
+
+def test_p_value_of_a_mean_rule_is_the_t_test_against_its_threshold():
+    d = [0.004, 0.001, 0.006]
+    expected = stats.ttest_1samp(d, popmean=KEEP.threshold).pvalue
+    assert decide(KEEP, d).p == pytest.approx(expected)
+    assert math.isnan(decide(KEEP, [0.01]).p) and math.isnan(decide(RULES["smaller"], [2.0]).p)
+    assert decide(KEEP, [0.02, 0.02]).p == 0.0  # no spread: no doubt about the side
+
+
+def test_holm_adjusts_a_family_by_hand():
+    """p = 0.01, 0.04, 0.03 (m = 3): adjusted 0.03, then max(0.03, 2 x 0.03) = 0.06 and
+    max(0.06, 1 x 0.04) = 0.06; only the first stays decided at 5 %."""
+    beats = RULES["beats the other method"]
+    family = [(beats, decide(beats, d)) for d in ([0.01, 0.012, 0.011], [0.02, 0.0, 0.03], [0.01, 0.02, 0.005])]
+    family = [(rule, dataclasses.replace(v, p=p)) for (rule, v), p in zip(family, (0.01, 0.04, 0.03))]
+    family[1] = (beats, dataclasses.replace(family[1][1], verdict="supported"))  # as if its interval cleared 0
+    adjusted = holm(family)
+    assert [v.p_holm for v in adjusted] == pytest.approx([0.03, 0.06, 0.06])
+    assert [v.verdict for v in adjusted] == [family[0][1].verdict, "inconclusive", "inconclusive"]
+    assert "Holm-adjusted p 0.03" in adjusted[0].interval("accuracy")
+    untested = decide(beats, [0.05])  # one seed: no p-value, passes unchanged
+    assert holm([(beats, untested)]) == [untested]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_holm_on_one_row_agrees_with_its_interval(seed):
+    d = np.random.default_rng(seed).normal(0.003, 0.01, size=3)
+    beats = RULES["beats the other method"]
+    alone = decide(beats, d)
+    assert holm([(beats, alone)])[0].verdict == alone.verdict

@@ -10,7 +10,7 @@ better, needs more data, more interpretable).
 Every measure that needs the model takes a *predictor*: a callable from uint8
 images (N, 3, H, W) to class probabilities (N, K), so the same code measures a
 network (:func:`model_predictor`) and the HOG + logistic-regression pipeline
-(:class:`dynprune_lib.traditional.TraditionalClassifier.predict_proba`).
+(:class:`dynprune_lib.study.traditional.TraditionalClassifier.predict_proba`).
 """
 
 from __future__ import annotations

@@ -281,7 +281,7 @@ def traditional_method(
     clf: TraditionalClassifier, *, name: str = TRADITIONAL_NAME, image_shape: Sequence[int] = (3, 32, 32)
 ) -> Method:
     """The fitted traditional pipeline as a :class:`Method`; its FLOPs are the estimate
-    of :func:`dynprune_lib.traditional.traditional_flops` (no zero weights skipped)."""
+    of :func:`dynprune_lib.study.traditional.traditional_flops` (no zero weights skipped)."""
     linear = clf.fitted
     flops = sum(traditional_flops(clf.config, image_shape, linear.coef.shape[0]).values())
     key = content_key(dataclasses.asdict(clf.config), linear.fingerprint())
@@ -602,13 +602,16 @@ def check_paper_claims(scores: pd.DataFrame, *, traditional: str = TRADITIONAL_N
             diff = (part[aspect] - reference[aspect].reindex(part.index)).dropna()
             row = {"aspect": aspect, "paper: higher for": side, "network": method}
             if diff.empty:
-                rows.append(row | {"network - traditional": math.nan, "n": 0, "verdict": "n/m"})
+                rows.append(
+                    row | {"network - traditional": math.nan, "paper's side lead": math.nan, "n": 0, "verdict": "n/m"}
+                )
                 continue
             found = decide(rule, sign * diff.to_numpy())
             rows.append(
                 row
                 | {
                     "network - traditional": float(diff.mean()),
+                    "paper's side lead": found.mean,
                     "n": found.n,
                     "paper's side leads by": found.interval(rule.unit),
                     "rule": rule.describe(),

@@ -771,7 +771,7 @@ def at_chance(accuracy: float | pd.Series, classes: int = 10) -> bool | pd.Serie
 
 def run_table(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per run: final, best and training accuracy, the sparsity measured on its weights
-    (:func:`~dynprune_lib.efficiency.sparsity_summary`: sparse layers, convolutions, linear
+    (:func:`~dynprune_lib.study.efficiency.sparsity_summary`: sparse layers, convolutions, linear
     layers, all weights), its training time and training precision, and ``at_chance``
     (:func:`at_chance`: a run that learned nothing, flagged)."""
     rows = []
@@ -942,7 +942,7 @@ def run_latency(
 
 
 def run_storage(runs: Sequence[Run], directory: str | os.PathLike[str]) -> pd.DataFrame:
-    """:func:`~dynprune_lib.efficiency.storage_table` of every run's model (files under
+    """:func:`~dynprune_lib.study.efficiency.storage_table` of every run's model (files under
     ``directory``), tagged with the run (:func:`_tagged`)."""
     return pd.concat(
         [_tagged(run, storage_table(run.model, directory, name=run.checkpoint.stem)) for run in runs], ignore_index=True
@@ -959,7 +959,7 @@ def inference_sweep(
     """Each source's runs (one per seed) with their sparsity raised at inference to every one
     of ``sparsities`` (default: the config's ``inference_sparsities``), without retraining:
     accuracy and dense-vs-CSR latency per point
-    (:func:`~dynprune_lib.efficiency.inference_sparsity_sweep`), with ``source`` and ``seed`` columns."""
+    (:func:`~dynprune_lib.study.efficiency.inference_sparsity_sweep`), with ``source`` and ``seed`` columns."""
     frames = []
     for name, runs in sources.items():
         for run in runs:

@@ -605,7 +605,7 @@ def plot_accuracy_vs_sparsity_by_method(table: pd.DataFrame, *, title: str | Non
     (min-max bars over seeds); dense models sit at sparsity 0; a point with a seed at chance
     (``runs_at_chance``) is crossed out in red.
 
-    ``table`` is :func:`dynprune_lib.analysis.accuracy_sparsity_table`.
+    ``table`` is :func:`dynprune_lib.study.analysis.accuracy_sparsity_table`.
     """
 
     def draw(ax: plt.Axes, part: pd.DataFrame) -> None:
@@ -632,7 +632,7 @@ def plot_accuracy_vs_sparsity_by_method(table: pd.DataFrame, *, title: str | Non
 def plot_storage_vs_sparsity(table: pd.DataFrame, *, title: str | None = None) -> Figure:
     """File size against sparsity per storage format, one panel per model (log scale).
 
-    ``table`` is :func:`dynprune_lib.analysis.storage_sparsity_table`.
+    ``table`` is :func:`dynprune_lib.study.analysis.storage_sparsity_table`.
     """
 
     def draw(ax: plt.Axes, part: pd.DataFrame) -> None:
@@ -646,7 +646,7 @@ def plot_storage_vs_sparsity(table: pd.DataFrame, *, title: str | None = None) -
 def plot_training_time(table: pd.DataFrame, *, title: str | None = None) -> Figure:
     """Training wall time per method as horizontal bars, one panel per model.
 
-    ``table`` is :func:`dynprune_lib.analysis.training_time_table`.
+    ``table`` is :func:`dynprune_lib.study.analysis.training_time_table`.
     """
     groups = _by_model(table, {"model", "method", "minutes"}, "table")
     heights = [max(1.6, 0.32 * len(part) + 0.8) for _, part in groups]
