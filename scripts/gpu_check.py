@@ -102,11 +102,17 @@ def _method(row: Any) -> str:
 # --------------------------------------------------------------------------- running a notebook as a script
 
 
-def install_ipython_stand_in() -> None:
-    """Where IPython is missing, a stand-in ``IPython.display`` with the two names the
-    notebooks use (``Markdown``, ``display``) that print as text."""
+#: The module the notebooks' ``from IPython.display import ...`` reads where IPython is missing.
+DISPLAY_STAND_IN = "_gpu_check_display"
+
+
+def ipython_stand_in() -> bool:
+    """Where IPython is missing, register :data:`DISPLAY_STAND_IN`, with the two names the
+    notebooks import from ``IPython.display`` (``Markdown``, ``display``), printing as text;
+    True if it was needed. (Not registered as ``IPython`` itself: matplotlib inspects any
+    module of that name it finds.)"""
     if importlib.util.find_spec("IPython") is not None:
-        return
+        return False
 
     class Markdown:
         def __init__(self, data: str = "") -> None:
@@ -119,12 +125,10 @@ def install_ipython_stand_in() -> None:
         for obj in objects:
             print(as_text(obj))
 
-    package = types.ModuleType("IPython")
-    package.__path__ = []  # a package, so that ``IPython.display`` imports
-    display_module = types.ModuleType("IPython.display")
-    display_module.Markdown, display_module.display = Markdown, display
-    package.display = display_module
-    sys.modules["IPython"], sys.modules["IPython.display"] = package, display_module
+    module = types.ModuleType(DISPLAY_STAND_IN)
+    module.Markdown, module.display = Markdown, display
+    sys.modules[DISPLAY_STAND_IN] = module
+    return True
 
 
 def as_text(value: object, limit: int = 2000) -> str:
@@ -193,7 +197,7 @@ def shorten_profiles(profile: str, *, subset: bool = False) -> None:
 def run_notebook(notebook: Path, parameters: dict[str, Any]) -> None:
     """Run ``notebook``'s code cells in this process, as Jupyter would, printing each cell's
     shown value; an exception names the cell and propagates."""
-    install_ipython_stand_in()
+    stand_in = ipython_stand_in()
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,6 +207,8 @@ def run_notebook(notebook: Path, parameters: dict[str, Any]) -> None:
     os.chdir(NOTEBOOKS)  # notebooks run with their folder as working directory
     namespace: dict[str, Any] = {"__name__": "__main__"}
     for number, (index, source) in enumerate(cells, start=1):
+        if stand_in:
+            source = source.replace("from IPython.display import", f"from {DISPLAY_STAND_IN} import")
         start = time.perf_counter()
         try:
             value = run_cell(source, namespace)

@@ -444,6 +444,11 @@ def test_method_table_aggregates_seeds_and_adds_the_baseline():
     assert (table.loc["dsr", "final_test_acc_min"], table.loc["dsr", "final_test_acc_max"]) == (0.7, 0.8)
     assert table.loc["dsr", "best_test_acc"] == pytest.approx(0.75)
     assert table.loc["dsr", "conv_sparsity"] == pytest.approx((8 / 9 + 7 / 9) / 2)
+    # compute: a 3x3 convolution over 32x32 has 30 * 30 * 9 multiply-adds, the non-zero weights' share of them
+    assert table.loc["dsr", "flop_sparsity"] == pytest.approx((8 / 9 + 7 / 9) / 2)
+    assert table.loc["dsr", "nonzero_multiply_adds"] == pytest.approx(900 * (1 + 2) / 2)
+    dense_macs = study.count_flops(dp.BaselineCNN())["flops"] / 2
+    assert table.loc["baseline", "nonzero_multiply_adds"] == dense_macs and table.loc["baseline", "flop_sparsity"] == 0
     assert table.loc["dsr", "train_minutes"] == pytest.approx(4 / 60)
     assert math.isnan(table.loc["set", "final_test_acc_std"])
     assert table.loc["baseline", "final_test_acc"] == 0.65 and table.loc["baseline", "conv_sparsity"] == 0.0

@@ -52,6 +52,7 @@ from ..layers import erk_sparsities, mask_summary, sparse_modules
 from ..models import MLP, BaselineCNN, DynamicCNN, WideResNet
 from ..schedulers import DSR, SET, MagnitudePruning, RigL
 from ..train import StepSchedule, branch_checkpoint, epoch_checkpoint, fit, set_seed
+from .aspects import count_flops
 from .efficiency import inference_sparsity_sweep, latency_table, sparsity_summary, storage_table
 from .paper import PAPER, run_conditions, split_seeds
 from .profiles import BASELINE, DSR_REFERENCE, METHODS, WRN_RECIPES, BaselineRecipe, ExperimentConfig
@@ -759,6 +760,12 @@ def find_run(runs: Sequence[Run], method: str, sparsity: float | None = None, se
     raise ValueError(f"no run of method={method!r}, sparsity={sparsity!r}, seed={seed!r}")
 
 
+def _input_shape(model: nn.Module) -> tuple[int, ...]:
+    """One CIFAR-sized input of ``model``: its first layer's channels at 32x32, or its features."""
+    first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    return (first.in_channels, 32, 32) if isinstance(first, nn.Conv2d) else (first.in_features,)
+
+
 #: A run whose final test accuracy is below chance (one in ten) plus this is flagged ``at_chance``:
 #: it learned nothing (a collapse), so it is shown marked and is never a claim's reference.
 CHANCE_MARGIN = 0.02
@@ -772,11 +779,15 @@ def at_chance(accuracy: float | pd.Series, classes: int = 10) -> bool | pd.Serie
 def run_table(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per run: final, best and training accuracy, the sparsity measured on its weights
     (:func:`~dynprune_lib.study.efficiency.sparsity_summary`: sparse layers, convolutions, linear
-    layers, all weights), its training time and training precision, and ``at_chance``
+    layers, all weights), the compute of one image's forward pass (``multiply_adds``, and
+    ``nonzero_multiply_adds`` counting only non-zero weights, :func:`~.aspects.count_flops`;
+    ``flop_sparsity``: the share of multiply-adds pruned away, which is what compares methods
+    at equal compute), its training time and training precision, and ``at_chance``
     (:func:`at_chance`: a run that learned nothing, flagged)."""
     rows = []
     for run in runs:
         s = sparsity_summary(run.model)
+        flops = count_flops(run.model, _input_shape(run.model))
         rows.append(
             {
                 "method": run.method,
@@ -790,6 +801,9 @@ def run_table(runs: Sequence[Run]) -> pd.DataFrame:
                 "conv_sparsity": s["conv"],
                 "linear_sparsity": s["linear"],
                 "weight_sparsity": s["all"],
+                "multiply_adds": flops["flops"] // 2,
+                "nonzero_multiply_adds": flops["nonzero_flops"] / 2,
+                "flop_sparsity": 1.0 - flops["nonzero_flops"] / flops["flops"],
                 "epochs": len(run.history),
                 "seconds_per_epoch": float(run.history["seconds"].mean()),
                 "train_minutes": run.train_seconds / 60,
@@ -801,7 +815,9 @@ def run_table(runs: Sequence[Run]) -> pd.DataFrame:
 
 def method_table(runs: Sequence[Run], *, baseline: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per method: accuracy over seeds (final: mean, standard deviation, min, max;
-    best; training), the sparsity measured on the weights and training time (means).
+    best; training), the sparsity measured on the weights, the compute per image
+    (``nonzero_multiply_adds``, ``flop_sparsity``: methods at one weight sparsity can differ
+    here, as DSR's per-layer reallocation does) and training time (means).
 
     ``baseline`` (the history of the paper's dense baseline CNN) adds its row.
     """
@@ -809,6 +825,7 @@ def method_table(runs: Sequence[Run], *, baseline: pd.DataFrame | None = None) -
         raise ValueError("runs is empty")
     per_run = run_table(runs)
     if baseline is not None:
+        dense_flops = count_flops(BaselineCNN())["flops"]
         rows = [
             {
                 "method": "baseline",
@@ -819,6 +836,9 @@ def method_table(runs: Sequence[Run], *, baseline: pd.DataFrame | None = None) -
                 "conv_sparsity": 0.0,
                 "linear_sparsity": 0.0,
                 "weight_sparsity": 0.0,
+                "multiply_adds": dense_flops // 2,
+                "nonzero_multiply_adds": dense_flops / 2,  # dense: every weight is a multiply-add
+                "flop_sparsity": 0.0,
                 "epochs": len(h),
                 "seconds_per_epoch": float(h["seconds"].mean()),
                 "train_minutes": float(h["seconds"].sum()) / 60,
@@ -840,6 +860,8 @@ def method_table(runs: Sequence[Run], *, baseline: pd.DataFrame | None = None) -
             conv_sparsity=("conv_sparsity", "mean"),
             sparse_layer_sparsity=("sparse_layer_sparsity", "mean"),
             weight_sparsity=("weight_sparsity", "mean"),
+            nonzero_multiply_adds=("nonzero_multiply_adds", "mean"),
+            flop_sparsity=("flop_sparsity", "mean"),
             epochs=("epochs", "first"),
             seconds_per_epoch=("seconds_per_epoch", "mean"),
             train_minutes=("train_minutes", "mean"),
