@@ -82,6 +82,8 @@ SUBSET: dict[str, Any] = {
 }
 #: Seconds each stage may take before it is stopped and failed.
 STAGE_LIMITS = {"cuda tests": 240, "01": 120, "02": 180, "03": 180, "04": 300, "05": 120}
+#: Seconds all stages may take on the GPU: the check fits one 10-minute command with the start.
+BUDGET_S = 480
 #: A CPU rehearsal's stages may take this many times as long.
 CPU_LIMIT_FACTOR = 10
 #: The histories the notebooks save, and how a workload is named from a row of each.
@@ -373,6 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset", type=int, help="train on this many images (rehearsals; the check uses all)")
     parser.add_argument("--epochs", type=int, help="override the shortened profile's 2 epochs (rehearsals)")
     parser.add_argument("--record", type=Path, help=f"where the JSON goes (default {RECORD.relative_to(ROOT)})")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=BUDGET_S,
+        help="seconds for all stages (a CPU rehearsal gets ten times as many): a stage is stopped when it "
+        "would run past it, later ones are not started, and the record is written all the same",
+    )
     parser.add_argument("--notebook", help=argparse.SUPPRESS)  # internal: run one notebook in this process
     parser.add_argument("--parameters", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -421,9 +430,14 @@ def main(argv: list[str] | None = None) -> int:
     record_path = args.record or (RECORD if args.device == "cuda" else OUT / "gpu_check.json")
     start, started_at = time.perf_counter(), time.time()
     results = []
+    factor = 1 if args.device == "cuda" else CPU_LIMIT_FACTOR
     for name, command in stages:
         label = name if name == "cuda tests" else f"notebook {name}"
-        limit = STAGE_LIMITS[name] * (1 if args.device == "cuda" else CPU_LIMIT_FACTOR)
+        left = args.budget * factor - (time.perf_counter() - start)
+        if left < 10:
+            results.append({"stage": label, "passed": False, "outcome": "not run: the budget was spent", "seconds": 0})
+            continue
+        limit = min(STAGE_LIMITS[name] * factor, left)
         results.append(run_stage(label, command, limit, OUT / "logs" / f"{name.replace(' ', '_')}.log"))
         if not results[-1]["passed"] and name != "cuda tests":
             break  # later notebooks read the results of earlier ones

@@ -351,3 +351,25 @@ def test_run_conditions_record_the_data_copy_hardware_and_extras():
     assert conditions["device"] == "cpu" and conditions["torch"] == torch.__version__
     assert conditions["hardware"] == dp.train.hardware_name("cpu")
     assert dp.train.hardware_name("cpu").endswith(f", {torch.get_num_threads()} threads")
+
+
+def test_speed_is_also_decided_against_onnx_runtime_and_comparisons_state_their_compute(tmp_path):
+    results = _write_results(tmp_path)
+    claims = analysis.claims_table(results)
+    assert not claims["measurement"].str.startswith("ONNX Runtime").any()  # not measured: no row
+    assert not claims["claim"].str.contains("other dynamic sparse training").any()
+    latency = pd.read_csv(results / "dynamic_cnn_latency.csv")
+    latency.assign(onnxruntime_ms=3.0 * latency["sparse_ms"]).to_csv(results / "dynamic_cnn_latency.csv", index=False)
+    histories = pd.read_csv(results / "dynamic_cnn_histories.csv")
+    histories = pd.concat([histories, histories[histories["method"] == "dsr"].assign(method="set", test_acc=0.5)])
+    histories.to_csv(results / "dynamic_cnn_histories.csv", index=False)
+    methods = pd.read_csv(results / "dynamic_cnn_methods.csv")
+    methods = pd.concat([methods, methods[methods["method"] == "dsr"].assign(method="set")], ignore_index=True)
+    methods.assign(nonzero_multiply_adds=[4e6, 5.67e6, 2.76e6, 4.5e6, 2.76e6]).to_csv(
+        results / "dynamic_cnn_methods.csv", index=False
+    )
+    claims = analysis.claims_table(results)
+    ort = claims[claims["measurement"].str.startswith("ONNX Runtime")]
+    assert ort["ours"].tolist() == pytest.approx([3.0]) and ort["verdict"].tolist() == ["supported"]
+    beats = claims[claims["claim"].str.contains("other dynamic sparse training")]["measurement"].iloc[0]
+    assert "dsr 5.67 M, set 2.76 M (2.05x)" in beats

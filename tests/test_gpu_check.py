@@ -98,3 +98,14 @@ def test_a_notebook_runs_without_jupyter_and_the_record_says_so(tmp_path):
     data = json.loads(record.read_text())
     assert data["passed"] and data["device"] == "cpu" and [s["stage"] for s in data["stages"]] == ["notebook 01"]
     assert data["epoch_seconds"]["baseline CNN"]["seconds"] and data["machine"]["torch"] == torch.__version__
+
+
+def test_a_spent_budget_starts_no_stage_and_the_record_is_written(tmp_path):
+    record = tmp_path / "record.json"
+    args = ["--device", "cpu", "--only", "01,05", "--budget", "0.5", "--record", str(record)]  # 5 s on a CPU
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), *args], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1
+    data = json.loads(record.read_text())
+    assert [s["outcome"] for s in data["stages"]] == ["not run: the budget was spent"] * 2 and not data["passed"]
