@@ -23,19 +23,38 @@ class BaselineCNN(nn.Module):
     own default layout), where oneDNN's convolutions and PyTorch's max pooling
     run faster on the CPU than in the default NCHW. The same function; the
     convolutions round differently.
+
+    ``sparse``: the three convolutions are ``DynamicConv2d`` with random masks at
+    ``sparsity`` (the paper's section 3.2 as it describes it: its section-3.1
+    network with dynamic-pruning convolutions); the dense layers stay dense.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, *, channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        *,
+        channels_last: bool = False,
+        sparse: bool = False,
+        sparsity: float = 0.0,
+    ) -> None:
         super().__init__()
+        _check_sparse_args(sparse, sparsity)
         self.channels_last = check_bool(channels_last, "channels_last")
+
+        def conv(cin: int, cout: int) -> nn.Conv2d:
+            if sparse:
+                return DynamicConv2d(cin, cout, kernel_size=3, initial_sparsity=sparsity)
+            return nn.Conv2d(cin, cout, kernel_size=3)
+
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, kernel_size=3),
+            conv(in_channels, 32),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, kernel_size=3),
+            conv(32, 64),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, kernel_size=3),
+            conv(64, 64),
             nn.ReLU(inplace=True),
         )
         self.classifier = nn.Sequential(
@@ -53,6 +72,8 @@ class BaselineCNN(nn.Module):
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
+                if getattr(module, "mask", None) is not None:  # a pruned weight is zero
+                    module.weight.mul_(module.mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

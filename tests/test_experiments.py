@@ -624,3 +624,30 @@ def test_paper_marks_come_from_the_paper_table():
     assert study.paper_marks("dynamic_cnn", 1)[1] == paper["test_acc after epoch 1"]
     with pytest.raises(ValueError, match="experiment"):
         study.paper_marks("mlp", 10)
+
+
+def test_the_papers_own_arm_is_its_baseline_cnn_with_dynamic_convolutions_trained_by_dsr(tmp_path):
+    """Section 3.2 as the paper describes it: the section-3.1 network with DynamicConv2d
+    convolutions (dense classifier), notebook 01's protocol, DSR with its derived schedule."""
+    model = dp.BaselineCNN(sparse=True, sparsity=0.9)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 3 and all(isinstance(m, dp.DynamicConv2d) for m in convs)
+    assert not any(isinstance(m, dp.DynamicLinear) for m in model.modules())
+    for conv in convs:
+        assert torch.equal(conv.weight == 0, ~conv.mask)  # pruned weights are zero from the start
+        assert abs(float((~conv.mask).float().mean()) - 0.9) < 0.01
+    with pytest.raises(ValueError, match="sparse=True"):
+        dp.BaselineCNN(sparsity=0.5)
+    recipe = study.BASELINE.replace(epochs=2, seeds=(0, 1), parallel_runs=1, threads_per_run=0)
+    assert study.paper_dsr_jobs(recipe) == [(0.5, 0), (0.8, 0), (0.9, 0), (0.9, 1), (0.95, 0)]
+    data = synthetic_cifar(192, 64)
+    trained, history = study.train_baseline(data, recipe=recipe, sparsity=0.9, run_dir=tmp_path, verbose=False)
+    assert "threshold" in history.columns and history["mask_sparsity"].iloc[-1] == pytest.approx(0.9, abs=0.01)
+    assert (tmp_path / "baseline_dsr0.9_seed0_e2_b32_n192_cl.pt").exists()
+    dense = study.train_baselines(data, recipe=recipe.replace(seeds=(0,)), run_dir=tmp_path, verbose=False)
+    arm = history.assign(method="dsr", sparsity_target=0.9, seed=0)
+    table = study.paper_dsr_table(arm, dense)
+    assert table["minus_dense"].iloc[0] == pytest.approx(history["test_acc"].iloc[-1] - dense["test_acc"].iloc[-1])
+    assert table["paper_dsr_final"].iloc[0] == study.PAPER["dynamic_cnn"]["final test_acc"]
+    with pytest.raises(ValueError, match="dsr_all_seeds_at"):
+        study.BASELINE.replace(dsr_all_seeds_at=(0.7,))

@@ -65,10 +65,14 @@ __all__ = [
     "at_chance",
     "baseline_history",
     "build_model",
+    "derive_dsr_schedule",
     "dsr_schedule",
     "experiment_loaders",
     "experiment_optimizer",
+    "final_rows",
     "find_run",
+    "paper_dsr_jobs",
+    "paper_dsr_table",
     "experiment_conditions",
     "histories_frame",
     "inference_sources",
@@ -87,6 +91,7 @@ __all__ = [
     "target_table",
     "train_baseline",
     "train_baselines",
+    "train_paper_dsr",
     "train_run",
 ]
 
@@ -236,19 +241,39 @@ def dsr_schedule(config: ExperimentConfig, model: nn.Module, steps_per_epoch: in
       per epoch (``round(p * steps_per_epoch / 500)``: the reference's epoch is 500 steps);
     * no updates after ``dsr_end`` of the steps (the reference's 190 of 200 epochs).
     """
-    total = config.epochs * steps_per_epoch
-    n_prune = config.dsr_n_prune or max(
-        1, round(DSR_REFERENCE["n_prune"] * _live_weights(model) / _reference_live_weights())
+    return derive_dsr_schedule(
+        model,
+        epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,
+        n_prune=config.dsr_n_prune,
+        period=config.dsr_period,
+        end=config.dsr_end,
     )
-    period: dict[int, int] = {}
-    if config.dsr_period:
-        for fraction, steps in config.dsr_period:
-            period.setdefault(math.floor(fraction * config.epochs), steps)
+
+
+def derive_dsr_schedule(
+    model: nn.Module,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    n_prune: int = 0,
+    period: Sequence[tuple[float, int]] = (),
+    end: float = DSR_REFERENCE["stop_epoch"] / DSR_REFERENCE["epochs"],
+) -> dict[str, Any]:
+    """:func:`dsr_schedule` for any run: ``epochs`` of ``steps_per_epoch`` steps on ``model`` (its
+    masks set); ``n_prune=0`` and an empty ``period`` derive them from the reference, ``end`` is
+    the fraction of the steps after which DSR stops (the reference's 190 of 200 epochs)."""
+    total = epochs * steps_per_epoch
+    n_prune = n_prune or max(1, round(DSR_REFERENCE["n_prune"] * _live_weights(model) / _reference_live_weights()))
+    phases: dict[int, int] = {}
+    if period:
+        for fraction, steps in period:
+            phases.setdefault(math.floor(fraction * epochs), steps)
     else:
         scale = steps_per_epoch / DSR_REFERENCE["steps_per_epoch"]
         for epoch, steps in DSR_REFERENCE["period"].items():
-            period.setdefault(round(epoch / DSR_REFERENCE["epochs"] * config.epochs), max(1, round(steps * scale)))
-    return {"n_prune": n_prune, "period": period, "end_step": max(1, round(config.dsr_end * total))}
+            phases.setdefault(round(epoch / DSR_REFERENCE["epochs"] * epochs), max(1, round(steps * scale)))
+    return {"n_prune": n_prune, "period": phases, "end_step": max(1, round(end * total))}
 
 
 def _build_pruner(
@@ -540,8 +565,8 @@ def _job_label(method: str, seed: int, sparsity: float | None) -> str:
     return f"== {method}{at}, seed {seed}"
 
 
-def _baseline_label(seed: int) -> str:
-    return f"== baseline, seed {seed}"
+def _baseline_label(seed: int, sparsity: float | None = None) -> str:
+    return f"== baseline, seed {seed}" if sparsity is None else f"== baseline CNN with DSR at {sparsity:g}, seed {seed}"
 
 
 def _worker_init(data: CIFAR10Data) -> None:
@@ -560,9 +585,13 @@ def _worker_train_run(config: ExperimentConfig, job: tuple, run_dir: str) -> tup
     return _job_label(method, seed, sparsity), run.history
 
 
-def _worker_train_baseline(recipe: BaselineRecipe, seed: int, run_dir: str) -> tuple[str, pd.DataFrame]:
-    _, history = train_baseline(_WORKER_DATA, recipe=recipe, seed=seed, run_dir=run_dir, verbose=False)
-    return _baseline_label(seed), history
+def _worker_train_baseline(
+    recipe: BaselineRecipe, seed: int, run_dir: str, sparsity: float | None = None
+) -> tuple[str, pd.DataFrame]:
+    _, history = train_baseline(
+        _WORKER_DATA, recipe=recipe, seed=seed, sparsity=sparsity, run_dir=run_dir, verbose=False
+    )
+    return _baseline_label(seed, sparsity), history
 
 
 def _train_in_workers(workers: int, data: CIFAR10Data, calls: Sequence[tuple], *, verbose: bool) -> None:
@@ -627,6 +656,7 @@ def train_baseline(
     *,
     recipe: BaselineRecipe = BASELINE,
     seed: int = 0,
+    sparsity: float | None = None,
     device: str | torch.device = "cpu",
     run_dir: str | os.PathLike[str],
     verbose: bool = True,
@@ -636,6 +666,10 @@ def train_baseline(
     Pixels in [0, 1], no augmentation, Adam, the epochs, batch size and learning
     rate of ``recipe``; checkpointed under ``run_dir`` after every epoch, a
     finished run restored. Returns the model and its per-epoch history.
+
+    ``sparsity``: the paper's section 3.2 as it describes it, the same network and protocol
+    with its convolutions as ``DynamicConv2d`` at that sparsity, trained with DSR (its
+    schedule derived from the reference for these steps: :func:`derive_dsr_schedule`).
     """
     n_train = len(data.train_labels)
     train = BatchLoader(
@@ -649,12 +683,18 @@ def train_baseline(
     )
     test = BatchLoader(data.test_images, data.test_labels, recipe.eval_batch_size, normalize="unit", device=device)
     set_seed(seed)
-    model = BaselineCNN(channels_last=recipe.channels_last)
+    sparse = sparsity is not None
+    model = BaselineCNN(channels_last=recipe.channels_last, sparse=sparse, sparsity=sparsity or 0.0).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    pruner = None
+    if sparse:
+        schedule = derive_dsr_schedule(model, epochs=recipe.epochs, steps_per_epoch=len(train))
+        pruner = DSR(model, optimizer, seed=seed, **schedule)
     threads = f"_t{recipe.threads_per_run}" if recipe.threads_per_run else ""  # threads change CPU numbers
     layout = "_cl" if recipe.channels_last else ""  # and so does the layout
+    kind = f"baseline_dsr{sparsity:g}" if sparse else "baseline"
     checkpoint = (
-        Path(run_dir) / f"baseline_seed{seed}_e{recipe.epochs}_b{recipe.batch_size}_n{n_train}{threads}{layout}.pt"
+        Path(run_dir) / f"{kind}_seed{seed}_e{recipe.epochs}_b{recipe.batch_size}_n{n_train}{threads}{layout}.pt"
     )
     with _torch_threads(recipe.threads_per_run):
         history = fit(
@@ -663,6 +703,7 @@ def train_baseline(
             test,
             epochs=recipe.epochs,
             optimizer=optimizer,
+            pruner=pruner,
             device=device,
             checkpoint=checkpoint,
             verbose=verbose,
@@ -691,6 +732,82 @@ def train_baselines(
         _, history = train_baseline(data, recipe=recipe, seed=seed, device=device, run_dir=run_dir, verbose=verbose)
         frames.append(history.assign(seed=seed))
     return pd.concat(frames, ignore_index=True)
+
+
+def paper_dsr_jobs(recipe: BaselineRecipe = BASELINE) -> list[tuple[float, int]]:
+    """``(sparsity, seed)`` of the paper's own DSR arm: every seed of ``recipe`` at the sparsities
+    of ``recipe.dsr_all_seeds_at`` (paired with notebook 01's dense runs), its first seed at the
+    other ``recipe.dsr_sparsities`` (the paper never states its sparsity)."""
+    return [
+        (sparsity, seed)
+        for sparsity in recipe.dsr_sparsities
+        for seed in (recipe.seeds if sparsity in recipe.dsr_all_seeds_at else recipe.seeds[:1])
+    ]
+
+
+def train_paper_dsr(
+    data: CIFAR10Data,
+    *,
+    recipe: BaselineRecipe = BASELINE,
+    device: str | torch.device = "cpu",
+    run_dir: str | os.PathLike[str],
+    verbose: bool = True,
+) -> pd.DataFrame:
+    """The paper's section 3.2 as it describes it (:func:`train_baseline` with ``sparsity``) for
+    every job of :func:`paper_dsr_jobs`: their histories in one table with ``method`` (``dsr``),
+    ``sparsity_target`` and ``seed`` columns, in worker processes as :func:`train_baselines`."""
+    jobs = paper_dsr_jobs(recipe)
+    if _in_workers(recipe, device, len(jobs)):
+        calls = [(_worker_train_baseline, recipe, seed, str(run_dir), sparsity) for sparsity, seed in jobs]
+        _train_in_workers(recipe.parallel_runs, data, calls, verbose=verbose)
+    frames = []
+    for sparsity, seed in jobs:
+        if verbose:
+            print(_baseline_label(seed, sparsity), flush=True)
+        _, history = train_baseline(
+            data, recipe=recipe, seed=seed, sparsity=sparsity, device=device, run_dir=run_dir, verbose=verbose
+        )
+        frames.append(history.assign(method="dsr", sparsity_target=sparsity, seed=seed))
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[["method", "sparsity_target", "seed", *[c for c in frame.columns if c not in _KEYS]]]
+
+
+_KEYS = ("method", "sparsity_target", "seed")
+
+
+def paper_dsr_table(histories: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
+    """One row per run of the paper's own DSR arm (:func:`train_paper_dsr`): its final and best
+    test accuracy and final training accuracy, whether it ended at chance, the dense baseline of
+    the same seed (notebook 01's ``baseline``; NaN where that seed has none) and the difference,
+    and the paper's reported DSR final (77.01 %) and baseline final (70.42 %) beside them."""
+    dense = final_rows(baseline).set_index("seed")["test_acc"]
+    rows = []
+    for (target, seed), run in histories.groupby(["sparsity_target", "seed"], sort=True):
+        run = run.sort_values("epoch")
+        final = float(run["test_acc"].iloc[-1])
+        rows.append(
+            {
+                "sparsity_target": target,
+                "seed": seed,
+                "epochs": len(run),
+                "final_test_acc": final,
+                "best_test_acc": float(run["test_acc"].max()),
+                "final_train_acc": float(run["train_acc"].iloc[-1]),
+                "sparsity": float(run["sparsity"].iloc[-1]) if "sparsity" in run.columns else math.nan,
+                "at_chance": bool(at_chance(final)),
+                "dense_final_test_acc": float(dense.get(seed, math.nan)),
+                "minus_dense": final - float(dense.get(seed, math.nan)),
+                "paper_dsr_final": PAPER["dynamic_cnn"]["final test_acc"],
+                "paper_baseline_final": PAPER["baseline"]["final test_acc"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def final_rows(histories: pd.DataFrame) -> pd.DataFrame:
+    """The last epoch of each seed of a history table with a ``seed`` column (or of the one run)."""
+    histories = histories if "seed" in histories.columns else histories.assign(seed=0)
+    return histories.loc[histories.groupby("seed")["epoch"].idxmax()].reset_index(drop=True)
 
 
 def baseline_history(

@@ -188,6 +188,9 @@ class BaselineRecipe(_Profile):
     checkpoint name) and how many CPU runs train at once in worker processes.
     ``channels_last``: the network computes in ``torch.channels_last`` (``BaselineCNN``;
     part of the checkpoint name, as it rounds differently).
+    ``dsr_sparsities``, ``dsr_all_seeds_at``: the paper's own DSR arm (notebook 02, first): the
+    same network and protocol with DSR at each of these sparsities, at every seed where
+    ``dsr_all_seeds_at`` says (paired with the dense seeds), at the first seed elsewhere.
     """
 
     epochs: int = knob(10, _positive_int)
@@ -198,9 +201,13 @@ class BaselineRecipe(_Profile):
     threads_per_run: int = knob(0, _int)
     parallel_runs: int = knob(1, _positive_int)
     channels_last: bool = knob(False, check_bool)
+    dsr_sparsities: tuple[float, ...] = knob((0.5, 0.8, 0.9, 0.95), _tuple_of(check_sparsity))
+    dsr_all_seeds_at: tuple[float, ...] = knob((0.9,), _tuple_of(check_sparsity))
 
     def _validate(self) -> None:
         _check_parallel(self)
+        if not set(self.dsr_all_seeds_at) <= set(self.dsr_sparsities):
+            raise ValueError("dsr_all_seeds_at must be among dsr_sparsities")
 
 
 #: Notebook 01's protocol. On the 2-core reference machine two one-thread runs at a time

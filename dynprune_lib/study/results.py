@@ -50,6 +50,10 @@ _01, _02, _03, _04, _05 = (
 RESULT_FILES: Mapping[str, ResultFile] = _files(
     ResultFile("baseline.csv", _01, "per-epoch history of the paper's baseline CNN"),
     ResultFile("baseline_vs_paper.csv", _01, "the baseline's final accuracy and loss beside the paper's"),
+    ResultFile(
+        "paper_dsr_histories.csv", _02, "the paper's own arm: its section-3.1 CNN with DSR, notebook 01's protocol"
+    ),
+    ResultFile("paper_dsr_runs.csv", _02, "the paper's own arm: final accuracy per run beside the paper and dense"),
     ResultFile("dynamic_cnn_vs_paper.csv", _02, "the DSR CNN's per-epoch accuracies beside the paper's"),
     ResultFile("dynamic_cnn_sparsity.csv", _02, "zero weights per layer of the trained DSR CNN"),
     ResultFile("dynamic_cnn_methods.csv", _02, "every method on the same CNN at the same sparsity, over seeds"),
