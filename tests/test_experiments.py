@@ -166,7 +166,7 @@ def test_step_schedule_steps_one_cycle_per_step_and_resumes():
 # --------------------------------------------------------------------------- runs
 
 
-@pytest.mark.parametrize("method", study.METHODS)
+@pytest.mark.parametrize("method", study.METHODS + study.ERK_METHODS)
 def test_every_method_trains_reaches_its_sparsity_and_resumes(tmp_path, method):
     data, config = synthetic_cifar(), _config()
     run = study.train_run(config, data, method, seed=0, run_dir=tmp_path, progress=False, verbose=False)
@@ -183,6 +183,12 @@ def test_every_method_trains_reaches_its_sparsity_and_resumes(tmp_path, method):
     if method in ("dsr", "set", "rigl"):  # the DSR reference's start: every sparse layer alike (up to rounding)
         values = list(run.layer_sparsity.values())
         assert config.distribution == "uniform" and max(values) - min(values) < 0.005
+    if method in study.ERK_METHODS:  # their papers' start: ERK whatever the profile's distribution
+        layers = [layer for _, layer in dp.sparse_modules(study.build_model(config))]
+        target = study.sparse_layer_target(study.build_model(config), 0.9, "conv")
+        expected = erk_sparsities([layer.weight.shape for layer in layers], target)
+        assert list(run.layer_sparsity.values()) == pytest.approx(expected, abs=0.005)
+        assert method in run.checkpoint.name and run.method == method
     # Finished: a second call restores the run instead of training (the same wall times come back).
     again = study.train_run(config, data, method, seed=0, run_dir=tmp_path, progress=False, verbose=False)
     pd.testing.assert_frame_equal(again.history, run.history)

@@ -365,7 +365,7 @@ def cnn_claims(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
                 _paired(final, "dsr", other),
             )
     compute = _compute_per_method(results_dir)
-    for other in ("set", "rigl"):
+    for other in ("set", "rigl", "set_erk", "rigl_erk"):
         if other in methods:
             claims.add(
                 "(beyond the paper) DSR beats other dynamic sparse training",

@@ -55,7 +55,15 @@ from ..train import StepSchedule, branch_checkpoint, epoch_checkpoint, fit, set_
 from .aspects import count_flops
 from .efficiency import inference_sparsity_sweep, latency_table, sparsity_summary, storage_table
 from .paper import PAPER, run_conditions, split_seeds
-from .profiles import BASELINE, DSR_REFERENCE, METHODS, WRN_RECIPES, BaselineRecipe, ExperimentConfig
+from .profiles import (
+    BASELINE,
+    DSR_REFERENCE,
+    ERK_METHODS,
+    METHODS,
+    WRN_RECIPES,
+    BaselineRecipe,
+    ExperimentConfig,
+)
 from .results import RESULT_FILES
 
 __all__ = [
@@ -103,9 +111,21 @@ METHOD_LABELS: Mapping[str, str] = {
     "magnitude_gradual": "magnitude, gradual (cubic schedule)",
     "set": "SET (random regrowth)",
     "rigl": "RigL (gradient regrowth)",
+    "set_erk": "SET from ERK (its paper's initial distribution)",
+    "rigl_erk": "RigL from ERK (its paper's initial distribution)",
     "baseline": "paper's baseline CNN (section 3.1, dense)",
 }
 _SPARSE_FROM_START = ("dsr", "set", "rigl")
+
+
+def _method_and_distribution(config: ExperimentConfig, method: str) -> tuple[str, str]:
+    """The scheduler a method name runs and the initial distribution it starts from
+    (:data:`~.profiles.ERK_METHODS`: ``set_erk`` is SET from ERK)."""
+    if method in ERK_METHODS:
+        return method.removesuffix("_erk"), "erk"
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS + ERK_METHODS}, got {method!r}")
+    return method, config.distribution
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -415,8 +435,7 @@ def train_run(
     (:func:`shared_epochs`); a ``magnitude_oneshot`` run starts from there when that state
     exists (it trains those epochs itself otherwise, to the same numbers).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    base, distribution = _method_and_distribution(config, method)
     if method == "dense":
         if sparsity not in (None, 0.0):
             raise ValueError(f"method 'dense' takes no sparsity, got {sparsity!r}")
@@ -430,9 +449,9 @@ def train_run(
     model = build_model(config)
     layer_sparsity: dict[str, float] = {}
     target = 0.0 if sparsity is None else sparse_layer_target(model, sparsity, config.sparsity_scope)
-    if method in _SPARSE_FROM_START:
+    if base in _SPARSE_FROM_START:
         generator = torch.Generator().manual_seed(seed)
-        layer_sparsity = init_random_masks(model, target, distribution=config.distribution, generator=generator)
+        layer_sparsity = init_random_masks(model, target, distribution=distribution, generator=generator)
     model.to(device)
     optimizer = experiment_optimizer(config, model)
     total_steps = config.epochs * len(train_loader)
@@ -447,7 +466,7 @@ def train_run(
         pct_start=config.warmup,
         cycle_momentum=False,
     )
-    pruner = _build_pruner(config, method, model, optimizer, target, total_steps, seed)
+    pruner = _build_pruner(config, base, model, optimizer, target, total_steps, seed)
     if pruner is None:  # the dense run's history gets the columns of the pruned runs' histories
         layers = [layer for _, layer in sparse_modules(model)]
         schedule = StepSchedule(lr_scheduler, columns=functools.partial(mask_summary, layers))

@@ -45,6 +45,7 @@ __all__ = [
     "COMPILE_MODES",
     "DEFAULT_CS",
     "DSR_REFERENCE",
+    "ERK_METHODS",
     "EXPERIMENTS",
     "METHODS",
     "PROFILES",
@@ -231,6 +232,10 @@ TIME_BUDGETS: Mapping[str, float] = {"smoke": 5.0, "cpu": 120.0}
 
 #: The ways of reaching a sparsity that notebooks 02 and 03 compare (see :mod:`.experiments`).
 METHODS: tuple[str, ...] = ("dense", "dsr", "magnitude_oneshot", "magnitude_gradual", "set", "rigl")
+#: SET and RigL started from their papers' default initial distribution, Erdős–Rényi-Kernel, whatever
+#: a profile's ``distribution``: extra rows of notebook 02's comparison (DSR's per-layer reallocation
+#: ends far from uniform, so a uniform SET or RigL may lose by distribution, not by method).
+ERK_METHODS: tuple[str, ...] = ("set_erk", "rigl_erk")
 
 
 def _dsr_period(value: object, name: str) -> tuple[tuple[float, int], ...]:
@@ -352,7 +357,7 @@ class ExperimentConfig(_Profile):
     eval_batch_size: int = knob(500, _positive_int)
     seeds: tuple[int, ...] = knob((0, 1, 2), _tuple_of(_int, non_empty=True))
     all_seeds_at: tuple[float, ...] = knob((), _tuple_of(check_sparsity))
-    methods: tuple[str, ...] = knob(METHODS, _tuple_of(_choice(*METHODS)))
+    methods: tuple[str, ...] = knob(METHODS, _tuple_of(_choice(*METHODS, *ERK_METHODS)))
     sparsities: tuple[float, ...] = knob((), _tuple_of(check_sparsity))
     inference_sparsities: tuple[float, ...] = knob((), _tuple_of(check_sparsity))
     latency_batches: tuple[int, ...] = knob((1, 128), _tuple_of(_positive_int))
@@ -407,6 +412,7 @@ _CNN_CPU = ExperimentConfig(
     eval_batch_size=128,
     latency_batches=(1, 64),
     precision="bf16",
+    methods=METHODS + ERK_METHODS,
     # PyTorch's fused SGD: a CNN step about 1 % faster at one thread than the default's
     # (bench_training_speed.json, ``choices``; within this machine's noise).
     fused_sgd=True,
