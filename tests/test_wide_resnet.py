@@ -132,7 +132,8 @@ def test_speed_knobs_give_the_same_training_within_float_rounding(knob):
             assert torch.equal(value, plain[name]), name
             changed += int(not torch.equal(value, before[name]))
         else:
-            torch.testing.assert_close(value, plain[name], rtol=1e-4, atol=1e-5, msg=name)
+            # 8 steps of SGD at lr 0.1 through BatchNorm grow float rounding to a few 1e-5 (measured at one thread)
+            torch.testing.assert_close(value, plain[name], rtol=1e-3, atol=1e-4, msg=name)
     assert changed, "no DSR update changed a mask: the test would not see a stale one"
     masks = {name: buf for name, buf in setup.model.named_buffers() if name.endswith("mask")}
     assert {name: buf.data_ptr() for name, buf in masks.items()} == storage
