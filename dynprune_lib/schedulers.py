@@ -413,7 +413,6 @@ class DSR(_MaskScheduler):
             self._check_runaway(k, doubled)
 
     def _check_runaway(self, pruned: int, doubled: bool) -> None:
-        live = sum(int(layer.mask.sum()) for layer in self.layers.values())
         largest = max(float((layer.weight.detach().abs() * layer.mask).max()) for layer in self.layers.values())
         if doubled and self.threshold > largest:
             reason = f"it doubled to {self.threshold:g}, above the largest live magnitude {largest:g}"
@@ -422,6 +421,7 @@ class DSR(_MaskScheduler):
         else:
             return
         self.runaway = {"step": self.step_count, "reason": reason}
+        live = sum(int(layer.mask.sum()) for layer in self.layers.values())
         warnings.warn(
             f"DSR's threshold ran away at step {self.step_count}: {reason}. N_p={self.n_prune} is out of reach "
             f"of the {live} live weights; updates may prune nearly every weight (lower n_prune)",

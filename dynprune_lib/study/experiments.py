@@ -741,16 +741,32 @@ def train_baselines(
     """:func:`train_baseline` for every seed of ``recipe``: their histories in one table with a
     ``seed`` column (notebook 01). With ``recipe.parallel_runs > 1`` on the CPU the seeds first
     train in worker processes, then load here from their checkpoints."""
-    if _in_workers(recipe, device, len(recipe.seeds)):
-        calls = [(_worker_train_baseline, recipe, seed, str(run_dir)) for seed in recipe.seeds]
+    runs = _train_baseline_jobs(data, recipe, [(None, seed) for seed in recipe.seeds], device, run_dir, verbose)
+    return pd.concat([history.assign(seed=seed) for _, seed, history in runs], ignore_index=True)
+
+
+def _train_baseline_jobs(
+    data: CIFAR10Data,
+    recipe: BaselineRecipe,
+    jobs: Sequence[tuple[float | None, int]],
+    device: str | torch.device,
+    run_dir: str | os.PathLike[str],
+    verbose: bool,
+) -> list[tuple[float | None, int, pd.DataFrame]]:
+    """:func:`train_baseline` for each ``(sparsity or None, seed)``, first in worker processes when
+    ``recipe.parallel_runs > 1`` on the CPU (then loaded here from their checkpoints)."""
+    if _in_workers(recipe, device, len(jobs)):
+        calls = [(_worker_train_baseline, recipe, seed, str(run_dir), sparsity) for sparsity, seed in jobs]
         _train_in_workers(recipe.parallel_runs, data, calls, verbose=verbose)
-    frames = []
-    for seed in recipe.seeds:
+    runs = []
+    for sparsity, seed in jobs:
         if verbose:
-            print(_baseline_label(seed), flush=True)
-        _, history = train_baseline(data, recipe=recipe, seed=seed, device=device, run_dir=run_dir, verbose=verbose)
-        frames.append(history.assign(seed=seed))
-    return pd.concat(frames, ignore_index=True)
+            print(_baseline_label(seed, sparsity), flush=True)
+        _, history = train_baseline(
+            data, recipe=recipe, seed=seed, sparsity=sparsity, device=device, run_dir=run_dir, verbose=verbose
+        )
+        runs.append((sparsity, seed, history))
+    return runs
 
 
 def paper_dsr_jobs(recipe: BaselineRecipe = BASELINE) -> list[tuple[float, int]]:
@@ -775,18 +791,8 @@ def train_paper_dsr(
     """The paper's section 3.2 as it describes it (:func:`train_baseline` with ``sparsity``) for
     every job of :func:`paper_dsr_jobs`: their histories in one table with ``method`` (``dsr``),
     ``sparsity_target`` and ``seed`` columns, in worker processes as :func:`train_baselines`."""
-    jobs = paper_dsr_jobs(recipe)
-    if _in_workers(recipe, device, len(jobs)):
-        calls = [(_worker_train_baseline, recipe, seed, str(run_dir), sparsity) for sparsity, seed in jobs]
-        _train_in_workers(recipe.parallel_runs, data, calls, verbose=verbose)
-    frames = []
-    for sparsity, seed in jobs:
-        if verbose:
-            print(_baseline_label(seed, sparsity), flush=True)
-        _, history = train_baseline(
-            data, recipe=recipe, seed=seed, sparsity=sparsity, device=device, run_dir=run_dir, verbose=verbose
-        )
-        frames.append(history.assign(method="dsr", sparsity_target=sparsity, seed=seed))
+    runs = _train_baseline_jobs(data, recipe, paper_dsr_jobs(recipe), device, run_dir, verbose)
+    frames = [history.assign(method="dsr", sparsity_target=sparsity, seed=seed) for sparsity, seed, history in runs]
     frame = pd.concat(frames, ignore_index=True)
     return frame[["method", "sparsity_target", "seed", *[c for c in frame.columns if c not in _KEYS]]]
 
