@@ -14,7 +14,7 @@ import numbers
 import os
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -182,6 +182,11 @@ def random_normal(
     global CPU generator) and then moved to ``device``: the same seed gives the same values on
     every device, and a CPU generator never meets a CUDA tensor."""
     return torch.randn(tuple(shape), generator=generator).to(device)
+
+
+def pair(value: int | Sequence[int]) -> tuple[int, int]:
+    """``(value, value)`` for an int, else the two values (as ``nn.Conv2d`` spells sizes)."""
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 def replace_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> torch.nn.Module:

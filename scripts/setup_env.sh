@@ -54,6 +54,18 @@ else
     _log "environment up to date (${PY})"
 fi
 
+# The compiled sparse kernels (C++, dynprune_lib/kernels/csrc), built once for this machine's CPU
+# (about 40 s on 2 cores; a no-op when this source, torch and CPU were built before). Where no C++
+# compiler is found, or the build fails, the library runs on its Numba kernels and says so.
+if ! "${PY}" -c 'import sys; from dynprune_lib.kernels import native; sys.exit(native.module() is None)' 2>/dev/null; then
+    _t0=$SECONDS
+    if PATH="$(dirname "${PY}"):${PATH}" "${PY}" -m dynprune_lib.kernels >&2; then
+        _log "compiled kernels ready in $((SECONDS - _t0)) s"
+    else
+        _log "warning: the compiled kernels could not be built (see above); sparse inference runs on Numba"
+    fi
+fi
+
 # Notebooks run with notebooks/ as their working directory, so a relative data
 # path (or the default ./data) must be made absolute against the repository.
 if [[ -n "${DYNPRUNE_DATA:-}" ]]; then

@@ -1,4 +1,4 @@
-"""Sparse CPU kernels for inference, compiled with Numba: one sparse product serves convolutions and linear layers.
+"""The Numba twins of the compiled kernels: the fallback where no C++ build is there.
 
 Every sparse layer is reduced to the same product (Park et al. 2017, "Faster
 CNNs with direct sparse convolutions"; SparseProp, Nikdan et al. 2023)::
@@ -30,9 +30,10 @@ copy. Inputs from dense layers (NCHW or channels_last) are transposed into it by
 blocked copies (:func:`to_grid`, or :func:`pool_to_grid` fused with a pool).
 
 Numba is a pip wheel (no compiler on the user's machine) and ``cache=True``
-keeps the compiled kernels on disk after the first use. Without it
-:func:`available` is false and :func:`dynprune_lib.inference.to_sparse_inference`
-falls back to ``torch.sparse`` (and says so).
+keeps the compiled kernels on disk after the first use. Unlike the C++ kernels
+(``csrc/sparse_kernels.cpp``) they cannot keep a tile of outputs in registers:
+their accumulator lives in L1 and is read and written once per eight non-zeros.
+Without Numba :func:`available` is false.
 """
 
 from __future__ import annotations
@@ -49,7 +50,18 @@ except ImportError as error:  # pragma: no cover - exercised by monkeypatching i
     numba = None
     _IMPORT_ERROR = f"numba is not installed ({error}); pip install numba"
 
-__all__ = ["available", "im2col", "pool_to_grid", "sparse_tiles", "spmv", "to_grid", "unavailable_reason"]
+__all__ = ["available", "im2col", "plan_tiles", "pool_to_grid", "sparse_tiles", "spmv", "to_grid", "unavailable_reason"]
+
+#: Work (non-zeros x output elements) below which a kernel runs on one thread: starting the
+#: thread pool costs more than it saves.
+PARALLEL_WORK = 1 << 16
+#: Bytes of the input one tile of the sparse-row kernel reads: they stay in the L2 cache while every
+#: output channel of the tile streams its non-zeros over them.
+TILE_BYTES = 256 * 1024
+#: Outputs one tile accumulates per channel at most (16 KiB of float32: the accumulator stays in L1).
+TILE_OUTPUTS = 4096
+#: Tiles a layer is cut into at least (output channels split further when the batch gives too few).
+TILES = 16
 
 
 def available() -> bool:
@@ -269,6 +281,21 @@ if numba is not None:
     def _spmv_serial(indptr, cols, values, x, bias, relu, out):  # pragma: no cover - jitted
         for o in range(indptr.shape[0] - 1):
             _dot_row(o, indptr, cols, values, x, bias, relu, out)
+
+
+def plan_tiles(
+    grid_rows: int, row: int, src_rows: int, max_shift: int, out_channels: int, pool: bool
+) -> tuple[int, int]:
+    """Grid rows and output channels per tile of :func:`sparse_tiles`: as many rows as keep the
+    tile's columns of ``src`` within :data:`TILE_BYTES` and its accumulator within
+    :data:`TILE_OUTPUTS` (an even number when pooling), and enough tiles (:data:`TILES`) for every
+    thread to get work."""
+    fit = min((TILE_BYTES // (4 * src_rows) - max_shift) // row, TILE_OUTPUTS // row)
+    strip = min(grid_rows, max(2 if pool else 1, fit))
+    strip -= strip % 2 if pool else 0
+    strips = -(-grid_rows // strip)
+    blocks = min(out_channels, -(-TILES // strips))
+    return strip, -(-out_channels // blocks)
 
 
 def _run(parallel_kernel, serial_kernel, args: tuple, parallel: bool) -> None:
