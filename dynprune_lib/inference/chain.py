@@ -56,8 +56,8 @@ def chain_steps(model: nn.Module) -> tuple[list[tuple[str, nn.Module | None]] | 
             return None, f"{node.name} is not on one straight path"
         previous = node
         module = modules.get(node.target) if node.op == "call_module" else None
-        if isinstance(module, _SKIPPED):
-            continue
+        if isinstance(module, _SKIPPED) or (node.op == "call_method" and node.target == "contiguous"):
+            continue  # no-ops on values (the chain picks its own memory layout)
         if _flatten_1(node, modules):
             flatten = True
             continue

@@ -58,6 +58,8 @@ def build(verbose: bool = False) -> dict:
 
     directory = build_dir()
     directory.mkdir(parents=True, exist_ok=True)
+    # ninja (a pip wheel) sits beside the interpreter, which need not be on PATH (an unactivated venv)
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     errors = {}
     for kind, flags in BUILDS.items():
         start = time.perf_counter()

@@ -22,6 +22,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 #include <cstring>
 #include <limits>
 #include <map>
@@ -106,6 +109,81 @@ inline void span(const float* src, const int32_t* off, const float* val, int64_t
   }
 }
 
+// sum_k val[k] * x[cols[k]] over [k, end): gathers of 16 lanes where the CPU has them (AVX-512), else
+// eight independent partial sums (no chain of dependent adds); either way the sum is reordered, so it
+// differs from a sequential one by rounding only.
+inline float dot(const float* __restrict val, const int32_t* __restrict cols, const float* __restrict x, int64_t k,
+                 const int64_t end) {
+#ifdef __AVX512F__
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  for (; k + 32 <= end; k += 32) {
+    const __m512i i0 = _mm512_loadu_si512(cols + k), i1 = _mm512_loadu_si512(cols + k + 16);
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(val + k), _mm512_i32gather_ps(i0, x, 4), a0);
+    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(val + k + 16), _mm512_i32gather_ps(i1, x, 4), a1);
+  }
+  if (k + 16 <= end) {
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(val + k), _mm512_i32gather_ps(_mm512_loadu_si512(cols + k), x, 4), a0);
+    k += 16;
+  }
+  if (k < end) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (end - k)) - 1);
+    const __m512i i = _mm512_maskz_loadu_epi32(m, cols + k);
+    a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, val + k), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, i, x, 4), a1);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+#else
+  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (; k + 8 <= end; k += 8)
+    for (int j = 0; j < 8; ++j) part[j] += val[k + j] * x[cols[k + j]];
+  for (int j = 0; k < end; ++k, ++j) part[j] += val[k] * x[cols[k]];
+  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+#endif
+}
+
+// A dense layer (every weight kept) shares its taps across output channels: G channels at once reuse
+// each loaded input vector G times (the register blocking of a dense direct convolution), NV vectors
+// of positions each. val holds the G channels' weights `k_count` apart.
+template <int NV, int G>
+inline void group_tile(const float* __restrict src, const int32_t* __restrict off, const float* __restrict val,
+                       int64_t k_count, const float* bias, float* __restrict dst, int64_t dst_stride) {
+  vec acc[G][NV];
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g)
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) acc[g][j] = splat(bias[g]);
+  for (int64_t k = 0; k < k_count; ++k) {
+    const float* p = src + off[k];
+    vec x[NV];
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) x[j] = load(p + j * kLanes);
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+      const vec v = splat(val[g * k_count + k]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) acc[g][j] += v * x[j];
+    }
+  }
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g)
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) store(dst + g * dst_stride + j * kLanes, acc[g][j]);
+}
+
+constexpr int kGroup = 4;  // output channels per group tile (4 x 4 vectors: 16 accumulators)
+
+// Positions [0, n) of kGroup dense channels, into dst, dst + dst_stride, ...
+inline void group_span(const float* src, const int32_t* off, const float* val, int64_t k_count, const float* bias,
+                       int64_t n, float* dst, int64_t dst_stride) {
+  int64_t i = 0;
+  for (; i + 4 * kLanes <= n; i += 4 * kLanes) group_tile<4, kGroup>(src + i, off, val, k_count, bias, dst + i, dst_stride);
+  switch (ceil_div(n - i, kLanes)) {
+    case 0: break;
+    case 1: group_tile<1, kGroup>(src + i, off, val, k_count, bias, dst + i, dst_stride); break;
+    case 2: group_tile<2, kGroup>(src + i, off, val, k_count, bias, dst + i, dst_stride); break;
+    default: group_tile<3, kGroup>(src + i, off, val, k_count, bias, dst + i, dst_stride); break;
+  }
+}
+
 // Where a layer writes: element (c, y, x, b) goes to at[c*cs + y*rs + x*batch + b].
 struct Dest {
   float* at;
@@ -133,43 +211,72 @@ void plan_tiles(Grid& g, int64_t src_rows, int64_t max_shift, int64_t out_channe
   g.oblock = ceil_div(out_channels, blocks);
 }
 
+// The epilogue of grid rows [y0, y1) of one channel, positions [c0, c0 + n) of each (held in s, rows
+// rs apart): the 2x2 max pool (grid rows 2y, 2y + 1 and columns 2x, 2x + 1 into y, x), then the ReLU.
+inline void epilogue(const float* s, int64_t rs, int64_t y0, int64_t y1, int64_t c0, int64_t n, int64_t batch,
+                     bool pool, float floor, float* out, int64_t out_rs) {
+  if (pool) {
+    for (int64_t y = y0 / 2; y < y1 / 2; ++y) {
+      const float* top = s + (2 * y - y0) * rs - c0;
+      const float* bottom = top + rs;
+      float* line = out + y * out_rs;
+      for (int64_t x = c0 / (2 * batch), e = (c0 + n) / (2 * batch); x < e; ++x) {
+        for (int64_t i = 2 * x * batch, end = i + batch; i < end; ++i)
+          line[i - x * batch] = clamp(max4(top[i], top[i + batch], bottom[i], bottom[i + batch]), floor);
+      }
+    }
+  } else {
+    for (int64_t y = y0; y < y1; ++y) {
+      const float* from = s + (y - y0) * rs;
+      float* line = out + y * out_rs + c0;
+      for (int64_t i = 0; i < n; ++i) line[i] = clamp(from[i], floor);
+    }
+  }
+}
+
 void sparse_rows(const float* src, const int32_t* off, const int64_t* indptr, const float* val, const float* bias,
                  int64_t out_channels, const Grid& g, bool pool, bool relu, Dest dst) {
   const int64_t strips = ceil_div(g.rows, g.strip), blocks = ceil_div(out_channels, g.oblock);
   const float floor = floor_of(relu);
+  // Long rows are cut into chunks (whole 2x2 pooling windows each): the input a chunk reads stays in L1
+  // while every channel of the block runs over it. Short rows are computed whole, strip by strip.
+  const int64_t pair = 2 * g.batch;
+  const int64_t chunk = !pool ? kTile : pair >= kTile ? pair : (kTile / pair) * pair;
+  const int64_t columns = pool ? (g.width / pair) * pair : g.width;
+  // every channel with all its weights (a dense layer): the same offsets for all, grouped channels
+  const int64_t k_count = out_channels ? indptr[1] : 0;
+  const bool dense = k_count > 0 && indptr[out_channels] == k_count * out_channels;
+  const int64_t rows_held = g.full_rows ? g.strip * g.rs : g.strip * chunk;  // scratch per channel
   auto work = [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(g.strip * g.rs + kSlack);
+    std::vector<float> scratch(kGroup * (rows_held + kSlack));
     float* s = scratch.data();
+    const int64_t held = rows_held + kSlack;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t y0 = (item / blocks) * g.strip, y1 = std::min(y0 + g.strip, g.rows);
       const int64_t o0 = (item % blocks) * g.oblock, o1 = std::min(o0 + g.oblock, out_channels);
-      for (int64_t o = o0; o < o1; ++o) {
-        const int64_t k0 = indptr[o], k1 = indptr[o + 1];
-        if (g.full_rows) {
-          span(src + y0 * g.rs, off, val, k0, k1, bias[o], (y1 - 1 - y0) * g.rs + g.width, s);
-        } else {
-          for (int64_t y = y0; y < y1; ++y) span(src + y * g.rs, off, val, k0, k1, bias[o], g.width, s + (y - y0) * g.rs);
-        }
-        float* out = dst.at + o * dst.cs;
-        if (pool) {
-          const int64_t b = g.batch, half = g.width / b / 2;
-          for (int64_t y = y0 / 2; y < y1 / 2; ++y) {
-            const float* top = s + (2 * y - y0) * g.rs;
-            const float* bottom = top + g.rs;
-            float* line = out + y * dst.rs;
-            for (int64_t x = 0; x < half; ++x) {
-              for (int64_t i = 2 * x * b, e = i + b; i < e; ++i)
-                line[i - x * b] = clamp(max4(top[i], top[i + b], bottom[i], bottom[i + b]), floor);
-            }
-          }
-        } else {
-          for (int64_t y = y0; y < y1; ++y) {
-            const float* from = s + (y - y0) * g.rs;
-            float* line = out + y * dst.rs;
-            for (int64_t i = 0; i < g.width; ++i) line[i] = clamp(from[i], floor);
+      // (the strip's first grid row, positions [c0, c0 + n) of each row) of channels [o, o + count)
+      auto compute = [&](int64_t o, int64_t c0, int64_t n, int64_t rs) {
+        const int64_t count = dense && o + kGroup <= o1 ? kGroup : 1;
+        const int64_t rows = g.full_rows ? 1 : y1 - y0;
+        const int64_t len = g.full_rows ? (y1 - 1 - y0) * g.rs + g.width : n;
+        for (int64_t y = 0; y < rows; ++y) {
+          const float* from = src + (y0 + y) * g.rs + c0;
+          if (count == kGroup) {
+            group_span(from, off, val + indptr[o], k_count, bias + o, len, s + y * rs, held);
+          } else {
+            span(from, off, val, indptr[o], indptr[o + 1], bias[o], len, s + y * rs);
           }
         }
+        for (int64_t j = 0; j < count; ++j)
+          epilogue(s + j * held, rs, y0, y1, c0, n, g.batch, pool, floor, dst.at + (o + j) * dst.cs, dst.rs);
+        return count;
+      };
+      if (g.full_rows) {
+        for (int64_t o = o0; o < o1;) o += compute(o, 0, columns, g.rs);
+        continue;
       }
+      for (int64_t c0 = 0; c0 < columns; c0 += chunk)
+        for (int64_t o = o0; o < o1;) o += compute(o, c0, std::min(chunk, columns - c0), chunk);
     }
   };
   const int64_t items = strips * blocks;
@@ -415,14 +522,10 @@ class SparseLinear {
     const float* val = values_.data_ptr<float>();
     const float* bias = bias_.data_ptr<float>();
     const float floor = floor_of(relu_);
+    float* out = dst.at;
+    const int64_t stride = dst.cs;
     auto rows = [&](int64_t begin, int64_t end) {
-      for (int64_t o = begin; o < end; ++o) {
-        float total = 0.0f;
-        // the reduction may be reordered into vector lanes (gathers): rounding differs from a sequential sum
-#pragma omp simd reduction(+ : total)
-        for (int64_t k = indptr[o]; k < indptr[o + 1]; ++k) total += val[k] * x[cols[k]];
-        dst.at[o * dst.cs] = clamp(total + bias[o], floor);
-      }
+      for (int64_t o = begin; o < end; ++o) out[o * stride] = clamp(dot(val, cols, x, indptr[o], indptr[o + 1]) + bias[o], floor);
     };
     if (indptr[out_features_] >= kParallelWork) {
       at::parallel_for(0, out_features_, 1, rows);
