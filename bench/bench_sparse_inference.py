@@ -8,9 +8,11 @@ epilogues fused, each layer on the kernel it measured faster), ONNX Runtime on
 the dense graph ``export_onnx`` writes, and SparseProp
 (``swap_modules_with_sparse``), at batch 1 and 64, on 1 and 2 threads
 (``study.latency_sweep``). Also the time ``to_sparse_inference`` takes at batch
-128. The goals (``study.LATENCY_GOALS``: speed-up over PyTorch dense) are checked
-and every missed one is listed with its number. A peer that is not installed is
-named in ``peers_missing`` and skipped. Run on an otherwise idle machine::
+128, and, per layer, the speed-up notebook 02's DSR network gets at the per-layer
+sparsities its run ended with (``dsr_cnn_layers``). The goals
+(``study.LATENCY_GOALS``: speed-up over PyTorch dense or a peer) are checked
+and every missed one is listed with its number. A peer that is not installed
+is named in ``peers_missing`` and skipped. Run on an otherwise idle machine::
 
     python bench/bench_sparse_inference.py [--threads 1 2] [--seconds 0.3]
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -43,6 +46,51 @@ def network(name: str) -> torch.nn.Module:
     with torch.no_grad():
         model(torch.randn(64, 3, 32, 32))
     return model.eval()
+
+
+def dsr_network() -> tuple[torch.nn.Module, dict[str, float]]:
+    """Notebook 02's DynamicCNN at the per-layer sparsities its DSR run (seed 0) ended with
+    (``results/dynamic_cnn_sparsity.csv``), random masks at those sparsities: the trained
+    checkpoint is not kept in the repository, and speed depends on each layer's density."""
+    table = pd.read_csv(Path(__file__).resolve().parents[1] / "results" / "dynamic_cnn_sparsity.csv")
+    per_layer = {r.layer: float(r.sparsity) for r in table.itertuples() if r.dynamic is True or r.dynamic == "True"}
+    return efficiency.with_random_masks(network("DynamicCNN"), per_layer), per_layer
+
+
+def dsr_layers(seconds: float) -> list[dict]:
+    """Per layer of the DSR network at batch 1 and 64: its sparsity, the dense and the sparse kernel's
+    time (as ``to_sparse_inference`` measured them, layers one by one), and the whole network's."""
+    model, per_layer = dsr_network()
+    rows = []
+    for batch in BATCHES:
+        x = torch.randn(batch, 3, 32, 32)
+        report: list[dp.LayerChoice] = []
+        dp.to_sparse_inference(model, x, report=report, chain=False, budget_s=seconds)
+        for c in report:
+            rows.append(
+                {
+                    "batch": batch,
+                    "layer": c.name,
+                    "sparsity": per_layer.get(c.name, 1.0 - c.density),
+                    "dense_ms": 1e3 * c.dense_seconds,
+                    "sparse_ms": 1e3 * c.sparse_seconds,
+                    "speedup": c.dense_seconds / c.sparse_seconds,
+                    "backend": c.backend,
+                }
+            )
+        whole = efficiency.latency_table(model, (batch,), seconds=seconds).iloc[0]
+        rows.append(
+            {
+                "batch": batch,
+                "layer": "whole network",
+                "sparsity": None,
+                "dense_ms": float(whole["dense_ms"]),
+                "sparse_ms": float(whole["sparse_ms"]),
+                "speedup": float(whole["speedup"]),
+                "backend": whole["sparse_backends"],
+            }
+        )
+    return rows
 
 
 def main() -> None:
@@ -87,6 +135,14 @@ def main() -> None:
                     f"{r.layers}",
                     flush=True,
                 )
+    torch.set_num_threads(max(args.threads))
+    dsr = dsr_layers(args.seconds)
+    for r in dsr:
+        print(
+            f"DSR CNN b={r['batch']:3d} {r['layer']:14s} sparsity {r['sparsity'] or float('nan'):.3f}: dense "
+            f"{r['dense_ms']:8.3f} ms  ours {r['sparse_ms']:8.3f} ms  x{r['speedup']:5.2f}  ({r['backend']})",
+            flush=True,
+        )
     load_after = os.getloadavg()
     rows = pd.concat(frames, ignore_index=True)
     goal_table = pd.concat(goals, ignore_index=True)
@@ -107,6 +163,8 @@ def main() -> None:
             if g.met is False
         ],
         "goals_sentence": efficiency.goals_sentence(goal_table),
+        "dsr_cnn_layers": dsr,
+        "dsr_cnn_threads": max(args.threads),
         "conversion": conversion,
         "conversion_goal": conversion_goal,
         "peers_missing": sorted({m for m in rows["peers_missing"] if m}),
@@ -119,7 +177,8 @@ def main() -> None:
         NAME,
         __doc__,
         result,
-        kernels=dp.kernels.available(),
+        kernels=dp.kernels.backend(),
+        kernels_build=dp.kernels.native.build_info(),
         loadavg_before=load_before,
         loadavg_after=load_after,
     )

@@ -164,7 +164,12 @@ def test_latency_check_compares_both_models_in_full_float32(monkeypatch):
     finally:
         torch.set_float32_matmul_precision(previous)
     assert table["dense_arithmetic"].tolist() == ["float32"]  # a CPU has no TF32
-    assert table["sparse_backends"].iloc[0].split(", ")[0].split(": ")[0] in {"numba", "torch.sparse", "dense"}
+    assert table["sparse_backends"].iloc[0].split(", ")[0].split(": ")[0] in {
+        "compiled",
+        "numba",
+        "torch.sparse",
+        "dense",
+    }
 
 
 @pytest.mark.cuda
@@ -181,14 +186,25 @@ def test_latency_table_runs_on_cuda_and_says_what_ran():
 
 def test_latency_goals_are_checked_on_the_sweep_with_their_numbers():
     sweep = pd.DataFrame(
-        {"sparsity": [0.5, 0.9, 0.95, 0.95], "batch": [64, 64, 1, 64], "threads": 2, "speedup": [0.9, 3.5, 2.0, 6.0]}
+        {
+            "sparsity": [0.5, 0.9, 0.95, 0.95],
+            "batch": [64, 64, 1, 64],
+            "threads": 2,
+            "speedup": [0.9, 3.5, 2.0, 7.0],
+            "sparse_ms": [1.0, 1.0, 0.5, 1.0],
+            "onnxruntime_ms": [1.0, 1.0, 0.4, 1.0],
+        }
     )
     goals = ef.latency_goals(sweep, "DynamicCNN")
-    assert goals["met"].tolist() == [True, False, True, False]  # 0.95/64, 0.95/1, 0.9/64, never slower
-    assert goals["measured"].tolist() == [6.0, 2.0, 3.5, 0.9]
+    # 0.95/64 >= 6x, 0.95/1 >= 5x, 0.95/1 faster than ONNX Runtime, 0.9/64 >= 4x, never slower
+    assert goals["met"].tolist() == [True, False, False, False, False]
+    assert goals["measured"].tolist() == pytest.approx([7.0, 2.0, 0.8, 3.5, 0.9])
+    assert "onnxruntime (dense graph)" in goals["goal"].iloc[2]
     sentence = ef.goals_sentence(goals)
-    assert sentence.startswith("2 of 4 goals met") and "missed" in sentence and "2.00x" in sentence
-    assert ef.latency_goals(sweep.assign(speedup=1.0), "MLP")["met"].isna().sum() == 1  # no MLP row at batch 1, 0.9
+    assert sentence.startswith("1 of 5 goals met") and "missed" in sentence and "0.80x" in sentence
+    no_peer = ef.latency_goals(sweep.drop(columns="onnxruntime_ms"), "DynamicCNN")
+    assert no_peer["met"].isna().tolist() == [False, False, True, False, False]  # the peer's goal: not measured
+    assert ef.latency_goals(sweep.assign(speedup=1.0), "MLP")["met"].isna().sum() == 1  # no row at 0.9, batch 1
 
 
 def test_inference_sparsity_sweep_changes_sparsity_without_touching_the_model():

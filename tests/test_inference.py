@@ -218,6 +218,18 @@ def test_sparse_linear_equals_linear(batch, sparsity, bias, relu, lead, build):
 
 
 @each_build
+def test_a_diagonal_layer_is_not_taken_for_a_dense_one(build):
+    """One weight per row, as many weights as rows: the rows' offsets differ, so the dense layers'
+    grouped tiles (which share one row's offsets) must not run."""
+    layer = nn.Linear(40, 40)
+    with torch.no_grad():
+        layer.weight.copy_(torch.diag(torch.randn(40)))
+    x = torch.randn(5, 40)
+    with torch.no_grad():
+        assert close(SparseLinear(layer, backend=build)(x), layer(x))
+
+
+@each_build
 def test_kernels_reject_inputs_they_cannot_compute(build):
     conv, linear = SparseConv2d(nn.Conv2d(4, 4, 3), backend=build), SparseLinear(nn.Linear(6, 2), backend=build)
     with pytest.raises(TypeError, match="float32"):

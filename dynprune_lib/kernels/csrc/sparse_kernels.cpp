@@ -197,6 +197,7 @@ struct Grid {
   int64_t width = 0;     // valid positions per grid row (output width x batch)
   int64_t batch = 1;
   bool full_rows = false;  // compute whole strips as one range (padding columns too) when rows are short
+  bool dense = false;      // every weight kept: all channels share one list of offsets
   int64_t strip = 1, oblock = 1;
 };
 
@@ -243,9 +244,9 @@ void sparse_rows(const float* src, const int32_t* off, const int64_t* indptr, co
   const int64_t pair = 2 * g.batch;
   const int64_t chunk = !pool ? kTile : pair >= kTile ? pair : (kTile / pair) * pair;
   const int64_t columns = pool ? (g.width / pair) * pair : g.width;
-  // every channel with all its weights (a dense layer): the same offsets for all, grouped channels
+  // a dense layer: every channel has the same offsets, so channels are computed in groups
   const int64_t k_count = out_channels ? indptr[1] : 0;
-  const bool dense = k_count > 0 && indptr[out_channels] == k_count * out_channels;
+  const bool dense = g.dense && k_count > 0;
   const int64_t rows_held = g.full_rows ? g.strip * g.rs : g.strip * chunk;  // scratch per channel
   auto work = [&](int64_t begin, int64_t end) {
     std::vector<float> scratch(kGroup * (rows_held + kSlack));
@@ -408,6 +409,7 @@ class SparseConv {
       g.rs = g.width, g.full_rows = true;
     }
     plan_tiles(g, src_rows, max_shift, out_channels_, pool_);
+    g.dense = values_.numel() == out_channels_ * in_channels_ * kh_ * kw_;  // groups == 1, nothing pruned
     return plans_.emplace(key, std::move(p)).first->second;
   }
 
@@ -491,6 +493,7 @@ class SparseLinear {
     Grid& g = p.grid;
     g.batch = batch, g.rows = 1, g.rs = batch, g.width = batch, g.full_rows = true;
     plan_tiles(g, in_features_, 0, out_features_, false);
+    g.dense = values_.numel() == out_features_ * in_features_;
     return plans_.emplace(batch, std::move(p)).first->second;
   }
 
