@@ -138,8 +138,9 @@ def main() -> None:
     torch.set_num_threads(max(args.threads))
     dsr = dsr_layers(args.seconds)
     for r in dsr:
+        sparsity = "" if r["sparsity"] is None else f"sparsity {r['sparsity']:.3f}"
         print(
-            f"DSR CNN b={r['batch']:3d} {r['layer']:14s} sparsity {r['sparsity'] or float('nan'):.3f}: dense "
+            f"DSR CNN b={r['batch']:3d} {r['layer']:14s} {sparsity:14s}: dense "
             f"{r['dense_ms']:8.3f} ms  ours {r['sparse_ms']:8.3f} ms  x{r['speedup']:5.2f}  ({r['backend']})",
             flush=True,
         )

@@ -289,7 +289,7 @@ def latency_table(
 
 
 def _backend_counts(report: Sequence[LayerChoice]) -> str:
-    """``"numba: 3, dense: 1"``: how many layers of a converted model run on each kernel."""
+    """``"compiled: 3, dense: 1"``: how many layers of a converted model run on each kernel."""
     counts: dict[str, int] = {}
     for choice in report:
         counts[choice.backend] = counts.get(choice.backend, 0) + 1
