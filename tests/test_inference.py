@@ -218,6 +218,17 @@ def test_sparse_linear_equals_linear(batch, sparsity, bias, relu, lead, build):
 
 
 @each_build
+def test_the_twin_of_a_dynamic_layer_computes_its_masked_weight(build):
+    conv = DynamicConv2d(4, 6, 3, padding=1, initial_sparsity=0.8)
+    linear = DynamicLinear(12, 5, initial_sparsity=0.8)
+    x, v = torch.randn(2, 4, 7, 7), torch.randn(3, 12)
+    sparse_conv, sparse_linear = SparseConv2d.from_dense(conv, backend=build), SparseLinear.from_dense(linear, backend=build)
+    assert sparse_conv.nnz == int(conv.mask.sum()) and sparse_linear.nnz == int(linear.mask.sum())
+    with torch.no_grad():
+        assert close(sparse_conv(x), conv(x)) and close(sparse_linear(v), linear(v))
+
+
+@each_build
 def test_a_diagonal_layer_is_not_taken_for_a_dense_one(build):
     """One weight per row, as many weights as rows: the rows' offsets differ, so the dense layers'
     grouped tiles (which share one row's offsets) must not run."""

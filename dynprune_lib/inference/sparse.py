@@ -39,12 +39,22 @@ def _resolve(module: nn.Module, backend: str) -> str:
     return chosen
 
 
-class _CompiledTwin:
-    """The compiled twin of a layer (:meth:`native`), rebuilt when its buffers were replaced or
-    changed in place (``load_state_dict`` copies into them); never copied or pickled with the module."""
+class _KernelLayer(nn.Module):
+    """What both kernel layers share: the twin built from a dense (or dynamic) layer, the count of
+    non-zeros, and the compiled twin (:meth:`native`), rebuilt when the buffers were replaced or
+    changed in place (``load_state_dict`` copies into them) and never copied or pickled."""
 
     _native_key: tuple | None = None
     _native_object = None
+
+    @classmethod
+    def from_dense(cls, module: nn.Module, **options):
+        """The sparse twin of a plain or dynamic layer (its masked weight)."""
+        return cls(densify(copy.deepcopy(module)) if getattr(module, "mask", None) is not None else module, **options)
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
 
     def _native_buffers(self) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
@@ -85,7 +95,7 @@ class _ConvPlan:
     src: np.ndarray  # the padded input (C, Hp, Wp, B), or the im2col matrix (C*kh*kw, Ho*Wo*B), flat
 
 
-class SparseConv2d(_CompiledTwin, nn.Module):
+class SparseConv2d(_KernelLayer):
     """Inference-only 2-D convolution on its non-zero weights, with the epilogue fused.
 
     Each output channel keeps its non-zeros as (input channel, kh, kw, value).
@@ -124,15 +134,6 @@ class SparseConv2d(_CompiledTwin, nn.Module):
         bias = torch.zeros(self.out_channels) if conv.bias is None else conv.bias.detach().float().cpu()
         self.register_buffer("bias", bias.contiguous())
         self._plans: dict[tuple[int, int, int], _ConvPlan] = {}  # per input size (Numba)
-
-    @classmethod
-    def from_dense(cls, module: nn.Conv2d, **options) -> SparseConv2d:
-        """Sparse twin of an ``nn.Conv2d`` or ``DynamicConv2d`` (its masked weight)."""
-        return cls(densify(copy.deepcopy(module)) if getattr(module, "mask", None) is not None else module, **options)
-
-    @property
-    def nnz(self) -> int:
-        return self.values.numel()
 
     def _pads(self) -> tuple[int, int, int, int]:
         """(top, bottom, left, right) zero padding."""
@@ -250,7 +251,7 @@ class SparseConv2d(_CompiledTwin, nn.Module):
         )
 
 
-class SparseLinear(_CompiledTwin, nn.Module):
+class SparseLinear(_KernelLayer):
     """Inference-only ``y = x W^T + b`` (then ReLU if fused) on the non-zero weights.
 
     Batch 1: a CSR matrix-vector product; larger batches: the sparse-row kernel
@@ -272,15 +273,6 @@ class SparseLinear(_CompiledTwin, nn.Module):
         self.register_buffer("values", weight[rows, cols].contiguous())
         bias = torch.zeros(self.out_features) if linear.bias is None else linear.bias.detach().float().cpu()
         self.register_buffer("bias", bias.contiguous())
-
-    @classmethod
-    def from_dense(cls, module: nn.Linear, **options) -> SparseLinear:
-        """Sparse twin of an ``nn.Linear`` or ``DynamicLinear`` (its masked weight)."""
-        return cls(densify(copy.deepcopy(module)) if getattr(module, "mask", None) is not None else module, **options)
-
-    @property
-    def nnz(self) -> int:
-        return self.values.numel()
 
     def _build_native(self):
         ext = kernels.compiled()
