@@ -57,6 +57,16 @@ needs_kernels = pytest.mark.skipif(not BUILDS, reason="no kernel build")
 each_build = pytest.mark.parametrize("build", BUILDS)
 
 
+_IM2COL_TWIN = inference.choice._im2col_twin
+
+
+@pytest.fixture(autouse=True)
+def _no_im2col_candidate(monkeypatch):
+    """The per-layer choice times sparse against dense only (ALWAYS_SPARSE then means sparse); the
+    im2col candidate has a test of its own."""
+    monkeypatch.setattr(inference.choice, "_im2col_twin", lambda block: None)
+
+
 def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
     return a.shape == b.shape and bool((a - b).abs().max() <= tol * max(1.0, b.abs().max().item()))
 
@@ -222,7 +232,10 @@ def test_the_twin_of_a_dynamic_layer_computes_its_masked_weight(build):
     conv = DynamicConv2d(4, 6, 3, padding=1, initial_sparsity=0.8)
     linear = DynamicLinear(12, 5, initial_sparsity=0.8)
     x, v = torch.randn(2, 4, 7, 7), torch.randn(3, 12)
-    sparse_conv, sparse_linear = SparseConv2d.from_dense(conv, backend=build), SparseLinear.from_dense(linear, backend=build)
+    sparse_conv, sparse_linear = (
+        SparseConv2d.from_dense(conv, backend=build),
+        SparseLinear.from_dense(linear, backend=build),
+    )
     assert sparse_conv.nnz == int(conv.mask.sum()) and sparse_linear.nnz == int(linear.mask.sum())
     with torch.no_grad():
         assert close(sparse_conv(x), conv(x)) and close(sparse_linear(v), linear(v))
@@ -487,6 +500,45 @@ def test_timing_decides_per_layer(models, monkeypatch):
         sparse_layers = [m for m in converted.modules() if isinstance(m, (SparseLinear, TorchSparseLinear))]
         dense_layers = [m for m in converted.modules() if isinstance(m, FusedLinear)]
         assert len(sparse_layers if expect_sparse else dense_layers) == 3
+        with torch.no_grad():
+            assert close(converted(x), model(x))
+
+
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 0, 1), (1, 2, 2), ((1, 2), (2, 0), 1)])
+def test_im2col_convolution_equals_the_dense_one(stride, padding, dilation):
+    conv = _pruned(nn.Conv2d(5, 7, 3, stride, padding, dilation), 0.3)
+    x = torch.randn(3, 5, 12, 13)
+    with torch.no_grad():
+        for pool, relu in ((False, False), (True, True)):
+            expected = F.max_pool2d(conv(x), 2) if pool else conv(x)
+            expected = F.relu(expected) if relu else expected
+            assert close(inference.Im2colConv2d(conv, pool=pool, relu=relu)(x), expected)
+    with pytest.raises(ValueError, match="groups=1"):
+        inference.Im2colConv2d(nn.Conv2d(4, 4, 3, groups=2))
+
+
+@needs_kernels
+def test_the_dense_first_layer_takes_the_fastest_of_three_kernels(models, monkeypatch):
+    """Each convolution is timed three ways (oneDNN, im2col GEMM, the sparse kernel): the fastest
+    is kept if it beats dense by the margin, and the report gives all three times."""
+    monkeypatch.setattr(inference.choice, "_im2col_twin", _IM2COL_TWIN)
+    model = models["cnn"]
+    x = torch.randn(2, 3, 8, 8)
+    for im2col_time, expected in ((0.5, "im2col"), (3.0, BUILDS[0])):
+
+        def fake(fns, t=im2col_time, **_):
+            return {n: [{"im2col": t, "sparse": 0.8}.get(n, 1.0)] for n in fns}
+
+        monkeypatch.setattr(inference.choice, "time_interleaved", fake)
+        report: list[LayerChoice] = []
+        converted = to_sparse_inference(model, x, report=report, chain=False, margin=0.9)
+        convs = [c for c in report if c.kind == "conv"]
+        assert convs and all(c.backend == expected and c.im2col_seconds == im2col_time for c in convs)
+        assert all("im2col" in c.reason for c in convs) and all(
+            c.im2col_seconds is None for c in report if c.kind == "linear"
+        )
+        kinds = {type(m) for m in converted.modules()}
+        assert (inference.Im2colConv2d in kinds) == (expected == "im2col")
         with torch.no_grad():
             assert close(converted(x), model(x))
 

@@ -27,7 +27,7 @@ from .._utils import time_interleaved
 from .chain import SparseChain, chain_steps
 from .choice import DENSITY_RULE, LayerChoice, to_sparse_inference
 from .folding import prepare_for_inference
-from .fused import FusedConv2d, FusedLinear
+from .fused import FusedConv2d, FusedLinear, Im2colConv2d
 from .onnx import export_onnx
 from .sparse import SparseConv2d, SparseLinear
 from .torch_sparse import TorchSparseConv2d, TorchSparseLinear
@@ -36,6 +36,7 @@ __all__ = [
     "DENSITY_RULE",
     "FusedConv2d",
     "FusedLinear",
+    "Im2colConv2d",
     "LayerChoice",
     "SparseChain",
     "SparseConv2d",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -15,7 +16,7 @@ from .._utils import replace_module, time_interleaved
 from ..layers import densify
 from .chain import SparseChain, chain_steps
 from .folding import _only_user, prepare_for_inference
-from .fused import FusedConv2d, FusedLinear
+from .fused import FusedConv2d, FusedLinear, Im2colConv2d
 from .sparse import SparseConv2d, SparseLinear
 from .torch_sparse import TorchSparseConv2d, TorchSparseLinear
 
@@ -42,10 +43,11 @@ class LayerChoice:
     sparse: bool
     dense_seconds: float | None = None  # best time of one forward, when timed
     sparse_seconds: float | None = None
-    backend: str = "dense"  # "compiled", "numba", "torch.sparse" or "dense"
+    backend: str = "dense"  # "compiled", "numba", "torch.sparse", "im2col" (a dense GEMM) or "dense"
     reason: str = ""
     fused: str = ""  # what was fused into it, e.g. "BatchNorm, max pool, ReLU"
     chained: bool = False  # runs inside a SparseChain (one call for the whole network)
+    im2col_seconds: float | None = None  # a convolution as one im2col matrix product, when timed
 
 
 def _sparse_backend(block: nn.Module, device: torch.device, backend: str) -> tuple[str | None, str]:
@@ -83,6 +85,16 @@ def _build_sparse(block: nn.Module, backend: str) -> nn.Module:
     if backend == "torch.sparse":
         return TorchSparseLinear(block.linear, relu=block.relu)
     return SparseLinear(block.linear, relu=block.relu, backend=backend)
+
+
+def _im2col_twin(block: nn.Module) -> Im2colConv2d | None:
+    """The block as one im2col matrix product, where it can be (a convolution, groups=1, numeric padding)."""
+    if not isinstance(block, FusedConv2d) or type(block) is not FusedConv2d:
+        return None
+    conv = block.conv
+    if conv.groups != 1 or isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+        return None
+    return Im2colConv2d(conv, pool=block.pool, relu=block.relu, folded=block.folded)
 
 
 class _Captured(Exception):
@@ -140,7 +152,7 @@ def _never_slower(
     graph only if it takes at most ``margin`` times the plain model."""
     plain = densify(copy.deepcopy(model)).eval()
     variants = {"plain": partial(plain, x), "dense": partial(all_dense, x)}
-    if any(c.sparse for c in choices):
+    if any(c.backend != "dense" for c in choices):
         variants["sparse"] = partial(prepared, x)
     slowest = max(min(t) for t in time_interleaved(variants, repeats=1).values())
     block = max(1, min(20, int(0.05 / max(slowest, 1e-6))))
@@ -151,7 +163,7 @@ def _never_slower(
         if ratio <= margin:
             return prepared
         for choice in choices:
-            if choice.sparse:
+            if choice.backend != "dense":
                 choice.sparse, choice.backend = False, "dense"
                 choice.reason += f"; reverted: the whole model took {ratio:.2f}x the dense time"
     return all_dense if best["dense"] <= margin * best["plain"] else plain
@@ -214,9 +226,11 @@ def to_sparse_inference(
 
     * with ``example_input`` (recommended; give the batch size, device and thread
       count you will run with), both are timed on the input that layer actually
-      sees, in alternation (best of at most ``repeats`` pairs, about
-      ``budget_s`` seconds per layer), and sparse is kept only if it takes at
-      most ``margin`` times the dense time, so near-ties stay dense and, timing
+      sees, in alternation (best of at most ``repeats`` rounds, about
+      ``budget_s`` seconds per layer), with, for a convolution, a third
+      candidate, the same dense convolution as one im2col matrix product
+      (:class:`Im2colConv2d`); the faster of the two alternatives is kept only
+      if it takes at most ``margin`` times the dense time, so near-ties stay dense and, timing
       noise aside, the converted model is never slower than the dense one (the
       default leaves room for the noise of a busy 2-core machine, where single
       timings vary by 10-30 %);
@@ -262,13 +276,24 @@ def to_sparse_inference(
                 block.grid_output = chosen in kernels.BACKENDS and _consumer(
                     prepared, name, (FusedConv2d, SparseConv2d)
                 )
-                pair = {"dense": partial(block, x), "sparse": partial(sparse, x)}
-                times = time_interleaved(pair, repeats=repeats, budget_s=budget_s, device=device)
+                candidates = {"dense": partial(block, x), "sparse": partial(sparse, x)}
+                im2col = _im2col_twin(block)
+                if im2col is not None:
+                    candidates["im2col"] = partial(im2col, x)
+                times = time_interleaved(candidates, repeats=repeats, budget_s=budget_s, device=device)
                 # the minimum: other processes only ever add time, so it is the stable estimate
-                choice.dense_seconds, choice.sparse_seconds = min(times["dense"]), min(times["sparse"])
-                choice.sparse = choice.sparse_seconds <= margin * choice.dense_seconds
-                ratio = choice.sparse_seconds / choice.dense_seconds
-                choice.reason = f"{why}timed: sparse {ratio:.2f}x the dense time (kept sparse at <= {margin:g}x)"
+                best = {key: min(t) for key, t in times.items()}
+                choice.dense_seconds, choice.sparse_seconds = best["dense"], best["sparse"]
+                choice.im2col_seconds = best.get("im2col")
+                fastest = min(("sparse", "im2col"), key=lambda key: best.get(key, math.inf))
+                choice.sparse = fastest == "sparse" and best["sparse"] <= margin * best["dense"]
+                ratios = ", ".join(
+                    f"{key} {best[key] / best['dense']:.2f}x" for key in ("sparse", "im2col") if key in best
+                )
+                choice.reason = f"{why}timed: {ratios} the dense time (kept at <= {margin:g}x)"
+                if fastest == "im2col" and best["im2col"] <= margin * best["dense"]:
+                    choice.backend = "im2col"
+                    prepared = replace_module(prepared, name, im2col)
             elif example_input is None:
                 limit = DENSITY_RULE[chosen][kind]
                 choice.sparse = density <= limit

@@ -8,7 +8,7 @@ from torch import nn
 
 from .. import kernels
 
-__all__ = ["FusedConv2d", "FusedLinear"]
+__all__ = ["FusedConv2d", "FusedLinear", "Im2colConv2d"]
 
 
 class FusedConv2d(nn.Module):
@@ -33,8 +33,12 @@ class FusedConv2d(nn.Module):
             p for p, on in (("BatchNorm", self.folded), ("max pool", self.pool), ("ReLU", self.relu)) if on
         )
 
+    def convolve(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution alone (PyTorch's kernel: oneDNN on the CPU)."""
+        return self.conv(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
+        x = self.convolve(x)
         if self.pool and self.grid_output and x.device.type == "cpu" and x.dtype == torch.float32:
             return kernels.pool_to_grid(x.detach(), relu=self.relu).permute(3, 0, 1, 2)
         if self.pool:
@@ -44,6 +48,27 @@ class FusedConv2d(nn.Module):
     def extra_repr(self) -> str:
         extra = (", folded=True" if self.folded else "") + (", grid_output=True" if self.grid_output else "")
         return f"pool={self.pool}, relu={self.relu}{extra}"
+
+
+class Im2colConv2d(FusedConv2d):
+    """:class:`FusedConv2d` computed as one matrix product: the im2col matrix of the input
+    (``F.unfold``) times the weight, then the same epilogue. One of the candidates
+    :func:`to_sparse_inference` times for a dense convolution (groups=1, numeric padding)."""
+
+    def __init__(self, conv: nn.Conv2d, *, pool: bool = False, relu: bool = False, folded: bool = False) -> None:
+        if conv.groups != 1 or isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+            raise ValueError("Im2colConv2d computes groups=1 with numeric zero padding only")
+        super().__init__(conv, pool=pool, relu=relu, folded=folded)
+
+    def convolve(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+        cols = F.unfold(x, (kh, kw), dilation=(dh, dw), padding=(ph, pw), stride=(sh, sw))  # (B, C*kh*kw, L)
+        out = torch.matmul(conv.weight.reshape(conv.out_channels, -1), cols)
+        if conv.bias is not None:
+            out = out + conv.bias.view(1, -1, 1)
+        ho = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        return out.view(x.shape[0], conv.out_channels, ho, -1)
 
 
 class FusedLinear(nn.Module):
