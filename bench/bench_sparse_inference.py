@@ -8,8 +8,9 @@ epilogues fused, each layer on the kernel it measured faster), ONNX Runtime on
 the dense graph ``export_onnx`` writes, and SparseProp
 (``swap_modules_with_sparse``), at batch 1 and 64, on 1 and 2 threads
 (``study.latency_sweep``). Also the time ``to_sparse_inference`` takes at batch
-128, and, per layer, the speed-up notebook 02's DSR network gets at the per-layer
-sparsities its run ended with (``dsr_cnn_layers``). The goals
+128, and, per layer, the speed-up notebook 02's trained DSR network gets (from its
+checkpoint when ``./run_all.sh`` left one here, else random masks at the per-layer
+sparsities its run ended with; ``dsr_cnn_layers``, each row saying which). The goals
 (``study.LATENCY_GOALS``: speed-up over PyTorch dense or a peer) are checked
 and every missed one is listed with its number. A peer that is not installed
 is named in ``peers_missing`` and skipped. Run on an otherwise idle machine::
@@ -48,19 +49,33 @@ def network(name: str) -> torch.nn.Module:
     return model.eval()
 
 
-def dsr_network() -> tuple[torch.nn.Module, dict[str, float]]:
-    """Notebook 02's DynamicCNN at the per-layer sparsities its DSR run (seed 0) ended with
-    (``results/dynamic_cnn_sparsity.csv``), random masks at those sparsities: the trained
-    checkpoint is not kept in the repository, and speed depends on each layer's density."""
-    table = pd.read_csv(Path(__file__).resolve().parents[1] / "results" / "dynamic_cnn_sparsity.csv")
+ROOT = Path(__file__).resolve().parents[1]
+#: Where ./run_all.sh leaves notebook 02's trained DSR run (seed 0), when it has run on this machine.
+DSR_CHECKPOINTS = "build/runs/02_dynamic_cnn/cnn_dsr_s0.9_seed0_*.pt"
+
+
+def dsr_network() -> tuple[torch.nn.Module, dict[str, float], str]:
+    """Notebook 02's trained DSR DynamicCNN (seed 0) from its checkpoint when ``./run_all.sh`` left
+    one here; else the same network with random masks at the per-layer sparsities that run ended
+    with (``results/dynamic_cnn_sparsity.csv``; speed depends on each layer's density). Returns
+    the model, its sparse layers' sparsities and where it came from."""
+    checkpoints = sorted(ROOT.glob(DSR_CHECKPOINTS))
+    if checkpoints:
+        model = network("DynamicCNN")
+        model.load_state_dict(dp.load_checkpoint(checkpoints[-1])["model"])
+        model.eval()
+        per_layer = {name: layer.sparsity for name, layer in dp.sparse_modules(model)}
+        return model, per_layer, f"trained checkpoint {checkpoints[-1].name}"
+    table = pd.read_csv(ROOT / "results" / "dynamic_cnn_sparsity.csv")
     per_layer = {r.layer: float(r.sparsity) for r in table.itertuples() if r.dynamic is True or r.dynamic == "True"}
-    return efficiency.with_random_masks(network("DynamicCNN"), per_layer), per_layer
+    source = "random masks at the per-layer sparsities of results/dynamic_cnn_sparsity.csv (no checkpoint here)"
+    return efficiency.with_random_masks(network("DynamicCNN"), per_layer), per_layer, source
 
 
 def dsr_layers(seconds: float) -> list[dict]:
     """Per layer of the DSR network at batch 1 and 64: its sparsity, the dense and the sparse kernel's
     time (as ``to_sparse_inference`` measured them, layers one by one), and the whole network's."""
-    model, per_layer = dsr_network()
+    model, per_layer, source = dsr_network()
     rows = []
     for batch in BATCHES:
         x = torch.randn(batch, 3, 32, 32)
@@ -76,6 +91,7 @@ def dsr_layers(seconds: float) -> list[dict]:
                     "sparse_ms": 1e3 * c.sparse_seconds,
                     "speedup": c.dense_seconds / c.sparse_seconds,
                     "backend": c.backend,
+                    "source": source,
                 }
             )
         whole = efficiency.latency_table(model, (batch,), seconds=seconds).iloc[0]
@@ -88,6 +104,7 @@ def dsr_layers(seconds: float) -> list[dict]:
                 "sparse_ms": float(whole["sparse_ms"]),
                 "speedup": float(whole["speedup"]),
                 "backend": whole["sparse_backends"],
+                "source": source,
             }
         )
     return rows
