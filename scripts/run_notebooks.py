@@ -14,10 +14,10 @@ passes to the notebooks:
   without a run.
 
 A notebook is skipped when its executed copy exists and was produced from the
-same cell sources, parameters, library source, data and earlier notebooks'
-runs (a stamp beside it); its outputs do not count, so writing them back does
-not make it stale. ``--force`` re-executes it and deletes its training
-checkpoints first.
+same cell sources, parameters, library source, data, earlier notebooks' runs
+and benchmark results it declares it reads (a stamp beside it); its outputs do
+not count, so writing them back does not make it stale. ``--force`` re-executes
+it and deletes its training checkpoints first.
 """
 
 from __future__ import annotations
@@ -212,6 +212,19 @@ def upstream_digest(notebook: Path, executed_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def read_results_digest(notebook: Path, parameters: dict[str, object]) -> str:
+    """Digest of the result files no notebook writes that ``notebook`` declares it reads: the
+    globs in its metadata's ``dynprune.reads``, in its results folder (05 reads the benchmarks'
+    JSON), so a re-run benchmark makes it stale."""
+    patterns = json.loads(notebook.read_text(encoding="utf-8"))["metadata"].get("dynprune", {}).get("reads", [])
+    results_dir = parameters.get("results_dir", declared_parameters(notebook).get("results_dir", "../results"))
+    results = (NOTEBOOKS / str(results_dir)).resolve()
+    digest = hashlib.sha256()
+    for path in sorted({p for pattern in patterns for p in results.glob(pattern)}):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def stamp_of(notebook: Path, parameters: dict[str, object], executed_dir: Path) -> str:
     """What an executed copy must have been made from to be reused."""
     return json.dumps(
@@ -221,6 +234,7 @@ def stamp_of(notebook: Path, parameters: dict[str, object], executed_dir: Path) 
             "library": _library_digest(),
             "data": os.environ.get("DYNPRUNE_DATA", ""),
             "upstream": upstream_digest(notebook, executed_dir),
+            "reads": read_results_digest(notebook, parameters),
         },
         sort_keys=True,
     )
