@@ -108,7 +108,9 @@ def test_a_failing_notebook_stops_the_run_and_is_named(tmp_path, monkeypatch, ca
     assert not (where.notebooks / "01_baseline_cnn.stamp.json").exists()
 
 
-def test_a_notebook_is_stale_when_an_earlier_one_re_ran(tmp_path, monkeypatch):
+@pytest.fixture
+def driven(tmp_path, monkeypatch):
+    """The driver over a temporary layout with papermill faked: (layout, numbers executed, run)."""
     where = rn.Layout(tmp_path / "f", tmp_path / "r", tmp_path / "nb", tmp_path / "report.html", tmp_path / "runs")
     monkeypatch.setattr(rn, "layout", lambda profile: where)
     executed = []
@@ -119,30 +121,26 @@ def test_a_notebook_is_stale_when_an_earlier_one_re_ran(tmp_path, monkeypatch):
     run = lambda only, force=False: rn.execute(
         rn.select_notebooks(only), "smoke", seeds=None, force=force, kernel="k", report=False
     )
+    return where, executed, run
+
+
+def test_a_notebook_is_stale_when_an_earlier_one_re_ran(driven):
+    _, executed, run = driven
     assert run(["01", "05"]) == 0 and executed == ["01", "05"]
     assert run(["01", "05"]) == 0 and executed == ["01", "05"]  # both up to date
     assert run(["01"], force=True) == 0 and run(["05"]) == 0
     assert executed == ["01", "05", "01", "05"]  # 01 re-ran, so 05 (which reads its results) is stale
 
 
-def test_a_notebook_is_stale_when_a_benchmark_it_reads_re_ran(tmp_path, monkeypatch):
-    where = rn.Layout(tmp_path / "f", tmp_path / "r", tmp_path / "nb", tmp_path / "report.html", tmp_path / "runs")
-    monkeypatch.setattr(rn, "layout", lambda profile: where)
-    executed = []
-    monkeypatch.setattr(
-        "papermill.execute_notebook",
-        lambda source, out, **_: (executed.append(Path(source).name[:2]), Path(out).write_text("{}")),
-    )
-    run = lambda: rn.execute(
-        rn.select_notebooks(["04", "05"]), "smoke", seeds=None, force=False, kernel="k", report=False
-    )
+def test_a_notebook_is_stale_when_a_benchmark_it_reads_re_ran(driven):
+    where, executed, run = driven
     where.results.mkdir(parents=True)
     bench = where.results / "bench_sparse_inference.json"
     bench.write_text('{"commit": "a"}')
-    assert run() == 0 and run() == 0 and executed == ["04", "05"]  # second time: both up to date
+    assert run(["04", "05"]) == 0 and run(["04", "05"]) == 0 and executed == ["04", "05"]  # then up to date
     bench.write_text('{"commit": "b"}')  # the benchmark re-ran
     (where.results / "other.csv").write_text("x")  # a file 05 does not declare: no effect
-    assert run() == 0 and executed == ["04", "05", "05"]  # 05 reads the benchmarks (its metadata), 04 does not
+    assert run(["04", "05"]) == 0 and executed == ["04", "05", "05"]  # 05 reads the benchmarks, 04 does not
 
 
 def test_cli_rejects_bad_seeds():
