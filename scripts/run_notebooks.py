@@ -124,12 +124,17 @@ def notebook_parameters(
     return {k: v for k, v in wanted.items() if k in declared}
 
 
+def _folder_parameter(notebook: Path, parameters: dict[str, object], name: str) -> Path | None:
+    """The folder ``notebook``'s parameter ``name`` names under ``parameters`` (None if it declares none)."""
+    folder = parameters.get(name, declared_parameters(notebook).get(name))
+    if not isinstance(folder, str):
+        return None
+    return (NOTEBOOKS / folder).resolve()  # notebooks run with notebooks/ as their working directory
+
+
 def run_dir_of(notebook: Path, parameters: dict[str, object]) -> Path | None:
     """The folder holding ``notebook``'s checkpoints under ``parameters`` (None if it declares none)."""
-    run_dir = parameters.get("run_dir", declared_parameters(notebook).get("run_dir"))
-    if not isinstance(run_dir, str):
-        return None
-    return (NOTEBOOKS / run_dir).resolve()  # notebooks run with notebooks/ as their working directory
+    return _folder_parameter(notebook, parameters, "run_dir")
 
 
 def _library_digest() -> str:
@@ -217,9 +222,14 @@ def read_results_digest(notebook: Path, parameters: dict[str, object]) -> str:
     globs in its metadata's ``dynprune.reads``, in its results folder (05 reads the benchmarks'
     JSON), so a re-run benchmark makes it stale."""
     patterns = json.loads(notebook.read_text(encoding="utf-8"))["metadata"].get("dynprune", {}).get("reads", [])
-    results_dir = parameters.get("results_dir", declared_parameters(notebook).get("results_dir", "../results"))
-    results = (NOTEBOOKS / str(results_dir)).resolve()
     digest = hashlib.sha256()
+    if not patterns:
+        return digest.hexdigest()
+    results = _folder_parameter(notebook, parameters, "results_dir")
+    if results is None:
+        raise ValueError(
+            f"{notebook.name} declares dynprune.reads {patterns} but no results_dir parameter to read them in"
+        )
     for path in sorted({p for pattern in patterns for p in results.glob(pattern)}):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()

@@ -143,6 +143,17 @@ def test_a_notebook_is_stale_when_a_benchmark_it_reads_re_ran(driven):
     assert run(["04", "05"]) == 0 and executed == ["04", "05", "05"]  # 05 reads the benchmarks, 04 does not
 
 
+def test_a_notebook_that_declares_reads_without_a_results_folder_is_refused(tmp_path):
+    notebook = tmp_path / "99_reads.ipynb"
+    notebook.write_text(
+        json.dumps(
+            {"cells": [], "metadata": {"dynprune": {"reads": ["bench_*.json"]}}, "nbformat": 4, "nbformat_minor": 5}
+        )
+    )
+    with pytest.raises(ValueError, match="99_reads.ipynb declares dynprune.reads.*no results_dir"):
+        rn.read_results_digest(notebook, {})
+
+
 def test_cli_rejects_bad_seeds():
     with pytest.raises(SystemExit):
         rn.main(["--seeds", "0,x", "--prepare-only", "unused"])
