@@ -256,11 +256,12 @@ def notebook_path(number: str) -> Path:
     return matches[0]
 
 
-def run_stage(name: str, command: list[str], limit: float, log: Path) -> dict[str, Any]:
+def run_stage(name: str, command: list[str], limit: float, log: Path, *, tag: str = "gpu_check") -> dict[str, Any]:
     """Run ``command`` as stage ``name``, its output echoed and written to ``log``; stop it
-    after ``limit`` seconds (a silent hang too) and fail the stage, saying so."""
+    after ``limit`` seconds (a silent hang too) and fail the stage, saying so (lines from
+    here start with ``[tag]``)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[gpu_check] {name}: started (limit {limit:.0f} s)", flush=True)
+    print(f"[{tag}] {name}: started (limit {limit:.0f} s)", flush=True)
     start = time.perf_counter()
     with log.open("w") as handle:
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -287,7 +288,7 @@ def run_stage(name: str, command: list[str], limit: float, log: Path) -> dict[st
         if passed
         else (f"timed out after {limit:.0f} s" if timed_out else f"failed (exit {process.returncode})")
     )
-    print(f"[gpu_check] {name}: {outcome} in {seconds:.1f} s", flush=True)
+    print(f"[{tag}] {name}: {outcome} in {seconds:.1f} s", flush=True)
     return {
         "stage": name,
         "passed": passed,

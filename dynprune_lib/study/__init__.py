@@ -9,7 +9,8 @@ Notebooks use two namespaces: ``dynprune_lib`` (``dp``) for the library and
 Modules: :mod:`.profiles` (every knob of every workload), :mod:`.paper`
 (the paper's numbers and readings), :mod:`.experiments` (section 3:
 baseline, DSR CNN, MLP), :mod:`.comparison`, :mod:`.traditional` and
-:mod:`.aspects` (section 4 and Figure 6), :mod:`.efficiency` (sparsity,
+:mod:`.aspects` (section 4 and Figure 6), :mod:`.protocol` (the
+published Wide ResNet protocol as a GPU ran it), :mod:`.efficiency` (sparsity,
 storage and latency measured), :mod:`.results` (every result file),
 :mod:`.peers` (ONNX Runtime and SparseProp, timed beside ours),
 :mod:`.analysis` (the read-back of notebook 05), :mod:`.plots` and
@@ -27,6 +28,7 @@ from . import (
     peers,
     plots,
     profiles,
+    protocol,
     results,
     rules,
     traditional,
@@ -41,6 +43,7 @@ from .paper import *  # noqa: F403
 from .peers import *  # noqa: F403
 from .plots import *  # noqa: F403
 from .profiles import *  # noqa: F403
+from .protocol import *  # noqa: F403
 from .results import *  # noqa: F403
 from .rules import *  # noqa: F403
 from .traditional import *  # noqa: F403
@@ -56,6 +59,7 @@ _MODULES = (
     peers,
     plots,
     profiles,
+    protocol,
     results,
     rules,
     traditional,

@@ -64,6 +64,7 @@ __all__ = [
     "train_wrns",
     "wrn_histories",
     "wrn_learning_curve",
+    "wrn_checkpoint",
     "wrn_loaders",
 ]
 
@@ -203,8 +204,7 @@ class WRNRun:
 
     @property
     def name(self) -> str:
-        sparse = f", DSR at {self.recipe.sparsity:g}" if self.recipe.sparse else ""
-        return f"{self.recipe.architecture}{sparse}"
+        return self.recipe.label
 
     def method(self, device: str | torch.device | None = None, batch_size: int = 500) -> Method:
         counts = aspects.count_parameters(self.model)
@@ -222,6 +222,13 @@ class WRNRun:
             key,
             self.seed,
         )
+
+
+def wrn_checkpoint(recipe: WRNRecipe, n_train: int, seed: int, run_dir: str | os.PathLike[str]) -> Path:
+    """Where :func:`train_wrn` keeps the run of ``recipe`` on ``n_train`` images with ``seed``: one
+    file per protocol, precision and knob that rounds differently (:attr:`WRNRecipe.run_suffix`)."""
+    name = f"{recipe.name}_e{recipe.epochs}_n{n_train}_{recipe.precision}{recipe.run_suffix}_seed{seed}.pt"
+    return Path(run_dir) / name
 
 
 def train_wrn(
@@ -244,8 +251,7 @@ def train_wrn(
     """
     n_train = len(data.train_labels)
     eval_batch_size = recipe.eval_batch_size if eval_batch_size is None else eval_batch_size
-    name = f"{recipe.name}_e{recipe.epochs}_n{n_train}_{recipe.precision}{recipe.run_suffix}_seed{seed}.pt"
-    checkpoint = Path(run_dir) / name
+    checkpoint = wrn_checkpoint(recipe, n_train, seed, run_dir)
     set_seed(seed)
     setup = build_training(recipe, seed=seed, device=device)
     train_loader, test_loader = wrn_loaders(recipe, data, seed=seed, device=device, eval_batch_size=eval_batch_size)

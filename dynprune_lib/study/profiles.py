@@ -583,6 +583,11 @@ class WRNRecipe(_Profile):
     def sparse(self) -> bool:
         return self.sparsity is not None
 
+    @property
+    def label(self) -> str:
+        """The network and how it is pruned, as tables and figures name it: ``WRN-28-2, DSR at 0.9``."""
+        return self.architecture + (f", DSR at {self.sparsity:g}" if self.sparse else "")
+
     def scaled(self, epochs: int, *, name: str | None = None) -> WRNRecipe:
         """The same protocol over ``epochs`` epochs, learning-rate milestones at the same
         fractions of training (60/120/160 of 200 become 30/60/80 % of ``epochs``).

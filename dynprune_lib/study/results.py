@@ -77,6 +77,11 @@ RESULT_FILES: Mapping[str, ResultFile] = _files(
     ResultFile("dynamic_mlp_latency_goals.csv", _03, "the MLP's inference-speed goals against the sweep"),
     ResultFile("wrn_history.csv", _04, "per-epoch histories of the Wide ResNets", index=True),
     ResultFile("wrn_vs_published.csv", _04, "the Wide ResNets' accuracy beside the published one"),
+    ResultFile(
+        "wrn_published_protocol.csv",
+        "scripts/gpu_protocol.py",
+        "per-epoch histories of the published WRN-28-2 protocol run on a GPU, with the machine and commit",
+    ),
     ResultFile("fig6_learning_curves.csv", _04, "test accuracy against training-set fraction", index=True),
     ResultFile("fig6_aspects.csv", _04, "every raw measure and score of Figure 6"),
     ResultFile("fig6_paper_claims.csv", _04, "the paper's Figure 6 reading against the scores"),
