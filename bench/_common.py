@@ -20,17 +20,20 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 import torchvision
 
-from dynprune_lib._utils import atomic_write
-from dynprune_lib.train import hardware_name
-
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
+if str(ROOT) not in sys.path:  # the library, installed or not (a GPU machine's own Python has it uninstalled)
+    sys.path.insert(0, str(ROOT))
+
+from dynprune_lib._utils import atomic_write  # noqa: E402
+from dynprune_lib.train import hardware_name  # noqa: E402
 
 
 def machine_info() -> dict[str, Any]:

@@ -146,6 +146,10 @@ class _DynamicSparseMixin:
         than ``float * float`` on CPU. Refreshed whenever ``mask`` is replaced or changed
         in place (tracked by its version counter), so editing the mask stays safe."""
         mask = self.mask
+        if torch.compiler.is_compiling():
+            # A compiled graph fuses the cast into the product; the cache's version-counter check
+            # would break the graph there (a data-dependent guard) and recompile every block.
+            return mask.to(dtype=weight.dtype, device=weight.device)
         key = (mask._version, weight.dtype, weight.device)
         if self._mask_cache_src is not mask or self._mask_cache_key != key:
             self._mask_cache = mask.to(dtype=weight.dtype, device=weight.device)

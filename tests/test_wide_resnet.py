@@ -139,6 +139,31 @@ def test_speed_knobs_give_the_same_training_within_float_rounding(knob):
     assert {name: buf.data_ptr() for name, buf in masks.items()} == storage
 
 
+def test_a_sparse_wide_resnet_compiles_without_graph_breaks():
+    """``compile`` on the DSR network as ``fit`` runs it (training steps under bf16 autocast,
+    then evaluation without grad): one graph per mode and no graph break. The masks' cached
+    float copy checked the mask's version counter, a data-dependent guard: every block broke
+    the graph there, was recompiled per block and, past dynamo's recompile limit, ran eagerly."""
+    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = dp.WideResNet(10, 1, sparse=True, sparsity=0.9)
+    backend = CompileCounter()
+    compiled = torch.compile(model, backend=backend)  # "eager" graphs: dynamo's tracing alone
+    x = torch.randn(4, 3, 32, 32)
+    for _ in range(2):  # the second step finds the first one's caches
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            compiled(x).float().sum().backward()
+    model.eval()
+    with torch.no_grad():
+        compiled(x)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert backend.frame_count == 2  # training under autocast, evaluation without grad
+    torch._dynamo.reset()
+
+
 def test_speed_knobs_are_checked_and_name_their_checkpoints():
     recipe = study.wrn_recipe("wrn-10-1-smoke")
     assert recipe.run_suffix == ""
