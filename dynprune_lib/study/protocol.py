@@ -123,7 +123,7 @@ def published_protocol_sentence(table: pd.DataFrame) -> str:
         return (
             "No GPU has run the published protocol yet (no `wrn_published_protocol.csv` among the results), "
             "so no 200-epoch number is shown here; `scripts/gpu_protocol.py` runs it on a GPU (README, "
-            "'The GPU check')."
+            "'On a GPU')."
         )
     parts = []
     for row in table.itertuples(index=False):
