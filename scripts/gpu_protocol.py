@@ -70,8 +70,8 @@ def write_record(args: argparse.Namespace) -> Path | None:
     import torch
 
     from dynprune_lib.study.protocol import protocol_record
-    from dynprune_lib.study.results import write_result
-    from dynprune_lib.train import hardware_name
+    from dynprune_lib.study.results import result_path, write_result
+    from dynprune_lib.train import hardware_name, load_checkpoint
 
     manifest_path = args.state / MANIFEST
     if not manifest_path.exists():
@@ -86,14 +86,14 @@ def write_record(args: argparse.Namespace) -> Path | None:
         "train_images": args.subset or "all",
     }
     frames = [
-        protocol_record(recipe, args.seed, manifest[recipe.name], provenance)
+        protocol_record(recipe, args.seed, load_checkpoint(manifest[recipe.name])["history"], provenance)
         for recipe in recipes(args.recipes, args.epochs)
+        if Path(manifest[recipe.name]).exists()  # a run that has not finished an epoch has no checkpoint
     ]
-    frames = [f for f in frames if not f.empty]
     if not frames:
         return None
     write_result(pd.concat(frames, ignore_index=True), args.state, "wrn_published_protocol")
-    return args.state / "wrn_published_protocol.csv"
+    return result_path(args.state, "wrn_published_protocol")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,11 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         for path in [*args.state.glob("*.pt"), *([record] if record else []), args.state / "train.log"]:
             shutil.copy2(path, args.out / path.name)
-    print(f"[gpu_protocol] {summary(args.state, record, stage)} ({time.perf_counter() - start:.0f} s)", flush=True)
-    return 0 if stage["passed"] or stage["outcome"].startswith("timed out") else 1
+    stopped = stage["outcome"].startswith("timed out")  # at the budget: expected, the next call resumes
+    message = summary(args.state, record, stage, stopped)
+    print(f"[gpu_protocol] {message} ({time.perf_counter() - start:.0f} s)", flush=True)
+    return 0 if stage["passed"] or stopped else 1
 
 
-def summary(state: Path, record: Path | None, stage: dict) -> str:
+def summary(state: Path, record: Path | None, stage: dict, stopped: bool) -> str:
     """The runs as recorded, and what to do next."""
     from dynprune_lib.study.protocol import published_protocol_table
 
@@ -160,7 +162,7 @@ def summary(state: Path, record: Path | None, stage: dict) -> str:
     print(table[["method", "epochs", "planned_epochs", "test_acc", "median_epoch_s"]].to_string(index=False))
     if table["complete"].all():
         return f"every run is complete; the record for results/ is {record}"
-    if stage["outcome"].startswith("timed out"):
+    if stopped:
         return "stopped at the budget: run it again with the same --state to resume"
     return stage["outcome"]
 

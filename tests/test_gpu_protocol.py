@@ -91,50 +91,38 @@ def test_a_spent_budget_records_what_finished_and_says_how_to_go_on(tmp_path):
     assert not (tmp_path / "wrn_published_protocol.csv").exists()
 
 
-def _record(recipe, epochs, **provenance):
-    """A record of ``epochs`` finished epochs of ``recipe``, written as the script writes it."""
+def _record(recipe, epochs, *, seed=0, train_images="all"):
+    """A record of ``epochs`` finished epochs of ``recipe``, built as the script builds it."""
     history = pd.DataFrame(
         {"epoch": range(1, epochs + 1), "test_acc": [0.5 + e / 1000 for e in range(1, epochs + 1)], "seconds": 2.0}
     )
-    front = {
-        "recipe": recipe.name,
-        "method": recipe.label,
-        "seed": 0,
-        "planned_epochs": recipe.epochs,
-        "published_recipe": WRN_RECIPES.get(recipe.name) == recipe,
-        "published_test_acc": recipe.anchor,
-        "device": "cuda",
-        "hardware": "a GPU",
-        "torch": "2.x",
-        "commit": "abc",
-        "date": "today",
-        "train_images": "all",
-        **provenance,
-    }
-    return pd.concat([pd.DataFrame(front, index=history.index), history], axis=1)
+    provenance = {"device": "cuda", "hardware": "a GPU", "torch": "2.x", "commit": "abc", "date": "today"}
+    return protocol.protocol_record(recipe, seed, history, {**provenance, "train_images": train_images})
 
 
 def test_only_complete_full_data_runs_of_the_published_recipe_are_set_beside_the_anchor(tmp_path):
     dense, dsr = WRN_RECIPES["wrn-28-2"], WRN_RECIPES["wrn-28-2-dsr0.9"]
     shortened = wrn_recipe("wrn-28-2", epochs=3)
     cases = {
-        "complete": _record(dense, 200),
+        "complete": _record(dense, dense.epochs),
         "partial": _record(dsr, 120),
-        "subset": _record(dense, 200, train_images=512, seed=1),
+        "subset": _record(dense, dense.epochs, train_images=512, seed=1),
         "shortened": _record(shortened, 3, seed=2),
     }
     write_result(pd.concat(cases.values(), ignore_index=True), tmp_path, "wrn_published_protocol")
     table = protocol.published_protocol_table(tmp_path).set_index(["recipe", "seed"])
     complete = table.loc[("wrn-28-2", 0)]
-    assert complete["complete"] and complete["epochs"] == 200
-    assert math.isclose(complete["difference_pt"], 100 * (0.7 - dense.anchor))  # last epoch: 0.5 + 200/1000
-    assert complete["best_test_acc"] == pytest.approx(0.7) and complete["median_epoch_s"] == 2.0
+    assert complete["complete"] and complete["epochs"] == dense.epochs
+    last = 0.5 + dense.epochs / 1000  # the last epoch's test accuracy in _record
+    assert math.isclose(complete["difference_pt"], 100 * (last - dense.anchor))
+    assert complete["best_test_acc"] == pytest.approx(last) and complete["median_epoch_s"] == 2.0
     partial = table.loc[("wrn-28-2-dsr0.9", 0)]
     assert not partial["complete"] and partial["epochs"] == 120 and math.isnan(partial["difference_pt"])
     for seed in (1, 2):  # a subset, a shortened recipe: complete, never beside the anchor
         assert table.loc[("wrn-28-2", seed), "complete"] and math.isnan(table.loc[("wrn-28-2", seed), "difference_pt"])
     sentence = protocol.published_protocol_sentence(protocol.published_protocol_table(tmp_path))
-    assert f"{100 * (0.7 - dense.anchor):+.2f} pt" in sentence and "stopped after 120 of 200 epochs" in sentence
+    assert f"{100 * (last - dense.anchor):+.2f} pt" in sentence
+    assert f"stopped after 120 of {dsr.epochs} epochs" in sentence
     assert sentence.count("a rehearsal, not the published protocol") == 2
 
 

@@ -13,11 +13,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import pandas as pd
 
-from ..train import load_checkpoint
 from .profiles import WRN_RECIPES, WRNRecipe
 from .results import read_result, result_path
 
@@ -51,15 +49,13 @@ _TABLE_COLUMNS = (
 
 
 def protocol_record(
-    recipe: WRNRecipe, seed: int, checkpoint: str | os.PathLike[str], provenance: Mapping[str, object]
+    recipe: WRNRecipe, seed: int, history: pd.DataFrame, provenance: Mapping[str, object]
 ) -> pd.DataFrame:
-    """Every finished epoch of the run of ``recipe`` with ``seed`` saved in ``checkpoint`` (by
-    :func:`~.comparison.train_wrn`), with the recipe's planned epochs and published anchor and
-    ``provenance`` (device, hardware, torch, commit, date) on every row; empty if the run has not
-    finished an epoch."""
-    if not Path(checkpoint).exists():
-        return pd.DataFrame()
-    history = pd.DataFrame(load_checkpoint(checkpoint)["history"])
+    """The ``history`` of the run of ``recipe`` with ``seed`` (one row per finished epoch, as
+    ``fit`` keeps it in the run's checkpoint), with the recipe's planned epochs and published
+    anchor and ``provenance`` (device, hardware, torch, commit, date, training images) on every
+    row."""
+    history = pd.DataFrame(history).reset_index(drop=True)
     front = {
         "recipe": recipe.name,
         "method": recipe.label,
